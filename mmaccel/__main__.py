@@ -1,0 +1,5 @@
+"""Entry point for ``python -m mmaccel``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""mmaccel's attention function, registered in transformers' attention and mask interfaces.
+
+The name is registered process-wide, but only model instances that ``accelerate`` switched to it use it, and each
+attention module carries its own backend choice (``module._mmaccel_attention``), so two models in one process can
+be configured differently. The mask entry is transformers' own ``sdpa_mask``: without it, padding would be
+silently dropped (transformers returns no mask for an unknown mask interface).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .kernels import attention as attention_op
+
+#: The name under which the attention function and its mask function are registered. It must not contain "flash"
+#: (generate would change its masks) nor look like "org/repo" (it would be read as a Hub kernel).
+ATTENTION_NAME = "mmaccel"
+#: Attribute set on each patched attention module: the kernel backend it runs ("auto", "torch" or "triton").
+BACKEND_ATTR = "_mmaccel_attention"
+
+
+def mmaccel_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention with transformers' calling convention, computed by mmaccel's kernels.
+
+    ``query`` is ``(B, Hq, Lq, D)``; ``key``/``value`` are ``(B, Hkv, Lk, D)`` (not GQA-repeated); the mask is the
+    boolean output of ``sdpa_mask`` or ``None`` for plain causal attention. Returns ``(B, Lq, Hq, D)``.
+    """
+    backend = getattr(module, BACKEND_ATTR, "auto")
+    if dropout > 0.0 and module.training:
+        # Training with attention dropout is not what these inference kernels are for.
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    causal = bool(getattr(module, "is_causal", True))
+    out = attention_op(query, key, value, attention_mask, causal=causal, scale=scaling, backend=backend)
+    return out, None
+
+
+def register_attention() -> None:
+    """Register :func:`mmaccel_attention_forward` and its mask function under :data:`ATTENTION_NAME` (idempotent)."""
+    AttentionInterface.register(ATTENTION_NAME, mmaccel_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)

@@ -1,0 +1,285 @@
+"""``mmaccel bench``: the same inputs through the unpatched and the accelerated model, in one process.
+
+For each sample the model is restored (baseline) and accelerated in turn, so both sides share weights, inputs and
+machine state. Per side it reports TTFT (time to the first new token: prefill), TPOT (time per later token: decode),
+tokens/s (new tokens over the whole generate call), peak memory (CUDA: max allocated above the weights; CPU: peak of
+live tensor bytes, from a separate untimed run), KV-cache bytes after generation, visual tokens in the prompt and
+kept by the accelerated side, and whether the generated tokens match the baseline's exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import AccelConfig
+from .memory import tensor_bytes, track_peak_memory
+from .patch import accelerate, get_state, restore
+
+SIDES = ("baseline", "accelerated")
+
+
+@dataclass
+class RunResult:
+    """Figures of one generate call."""
+
+    ttft_s: float
+    tpot_s: float
+    tokens_per_s: float
+    new_tokens: int
+    kv_bytes: int
+    visual_tokens: int
+    visual_tokens_kept: int
+    peak_memory_bytes: int = 0
+    tokens: list[list[int]] = field(default_factory=list)
+
+
+class _TokenClock:
+    """A generate ``streamer`` that timestamps each step: the first ``put`` is the prompt, then one per token."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stamps: list[float] = []
+        self._seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def bench_inputs(model_name: str, processor: Any, num_samples: int, batch_size: int, modality: str | None,
+                 seed: int) -> list[Any]:
+    """``num_samples`` processed batches of ``batch_size`` rows for ``model_name``, each with different media."""
+    from .models import TINY_PREFIX
+    from .zoo.tiny import sample_inputs
+
+    samples = []
+    for i in range(num_samples):
+        if model_name.startswith(TINY_PREFIX):
+            family = model_name[len(TINY_PREFIX):]
+            samples.append(sample_inputs(family, processor, batch_size=batch_size, modality=modality, seed=seed + i))
+        else:
+            samples.append(_generic_inputs(processor, batch_size, modality or "image", seed + i))
+    return samples
+
+
+def _generic_inputs(processor: Any, batch_size: int, modality: str, seed: int) -> Any:
+    """Chat-template inputs with synthetic media for a real model's processor."""
+    from .zoo.tiny.media import make_image, make_video
+
+    questions = ["Describe this in detail.", "What is shown here? Answer briefly, then explain."]
+    texts, media = [], []
+    for row in range(batch_size):
+        content = [{"type": modality}, {"type": "text", "text": questions[row % len(questions)]}]
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
+                                                   add_generation_prompt=True, tokenize=False))
+        if modality == "image":
+            media.append(make_image(336, 336, seed=seed * 31 + row))
+        elif modality == "video":
+            media.append(make_video(8, 224, 224, seed=seed * 31 + row))
+        else:
+            raise ValueError(f"bench modality {modality!r} is not supported for hub models; allowed: image, video")
+    key = "images" if modality == "image" else "videos"
+    return processor(text=texts, **{key: media}, return_tensors="pt", padding=True)
+
+
+def _visual_tokens(model: Any, inputs: Any) -> int:
+    state = get_state(model)
+    from .adapters import get_adapter
+
+    adapter = state.adapter if state is not None else get_adapter(model)
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    layout = adapter.token_layout(inputs["input_ids"], inputs.get("attention_mask"), **extra)
+    return int(layout.visual_mask.sum())
+
+
+def run_once(model: Any, inputs: Any, max_new_tokens: int, measure_memory: bool) -> RunResult:
+    """One greedy generate of exactly ``max_new_tokens`` tokens, timed per step."""
+    device = next(model.parameters()).device
+    clock = _TokenClock(device)
+    kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                  return_dict_in_generate=True)
+    if measure_memory:
+        with track_peak_memory(device) as mem:
+            out = model.generate(**inputs, **kwargs)
+        peak = mem["peak_bytes"]
+    else:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = model.generate(**inputs, streamer=clock, **kwargs)
+        end = clock.stamps[-1] if clock.stamps else time.perf_counter()
+        peak = 0
+    prompt_len = inputs["input_ids"].shape[1]
+    new = out.sequences[:, prompt_len:]
+    n = new.shape[1]
+    if measure_memory:
+        ttft = tpot = tps = 0.0
+    else:
+        ttft = clock.stamps[0] - start
+        tpot = (end - clock.stamps[0]) / max(1, n - 1)
+        tps = n * new.shape[0] / (end - start)
+    state = get_state(model)
+    visual = _visual_tokens(model, inputs)
+    kept = int(state.stats.get("visual_tokens_kept", visual)) if state is not None else visual
+    return RunResult(ttft_s=ttft, tpot_s=tpot, tokens_per_s=tps, new_tokens=n,
+                     kv_bytes=tensor_bytes(out.cache), visual_tokens=visual, visual_tokens_kept=kept,
+                     peak_memory_bytes=peak, tokens=new.tolist())
+
+
+def _set_side(model: Any, side: str, config: AccelConfig) -> None:
+    if side == "baseline":
+        restore(model)
+    else:
+        accelerate(model, config)
+
+
+def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_tokens: int = 32, repeats: int = 3,
+              warmup: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Benchmark baseline vs accelerated on ``samples``; returns per-sample results and a summary with ratios."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    per_sample: list[dict[str, Any]] = []
+    for side in SIDES:
+        _set_side(model, side, config)
+        for _ in range(warmup):
+            run_once(model, samples[0], max_new_tokens, measure_memory=False)
+    bar = tqdm(samples, desc="bench", unit="sample", disable=not progress, file=sys.stderr)
+    for index, inputs in enumerate(bar):
+        inputs = inputs.to(device)
+        record: dict[str, Any] = {"sample": index}
+        for side in SIDES:
+            _set_side(model, side, config)
+            runs = [run_once(model, inputs, max_new_tokens, measure_memory=False) for _ in range(repeats)]
+            if device.type == "cuda":
+                peak = max(r.peak_memory_bytes for r in [run_once(model, inputs, max_new_tokens, True)])
+            else:
+                peak = run_once(model, inputs, max_new_tokens, measure_memory=True).peak_memory_bytes
+            record[side] = {
+                "ttft_s": [r.ttft_s for r in runs],
+                "tpot_s": [r.tpot_s for r in runs],
+                "tokens_per_s": [r.tokens_per_s for r in runs],
+                "new_tokens": runs[0].new_tokens,
+                "kv_bytes": runs[0].kv_bytes,
+                "visual_tokens": runs[0].visual_tokens,
+                "visual_tokens_kept": runs[0].visual_tokens_kept,
+                "peak_memory_bytes": peak,
+                "tokens": runs[0].tokens,
+            }
+        record["tokens_match"] = record["baseline"]["tokens"] == record["accelerated"]["tokens"]
+        per_sample.append(record)
+    restore(model)
+    return {"samples": per_sample, "summary": summarize(per_sample)}
+
+
+def summarize(per_sample: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over all timed runs, maxima of peak memory, and accelerated ÷ baseline ratios."""
+    summary: dict[str, Any] = {}
+    for side in SIDES:
+        rows = [s[side] for s in per_sample]
+        summary[side] = {
+            "ttft_ms": 1e3 * statistics.median(t for r in rows for t in r["ttft_s"]),
+            "tpot_ms": 1e3 * statistics.median(t for r in rows for t in r["tpot_s"]),
+            "tokens_per_s": statistics.median(t for r in rows for t in r["tokens_per_s"]),
+            "peak_memory_mb": max(r["peak_memory_bytes"] for r in rows) / 2**20,
+            "kv_cache_mb": statistics.median(r["kv_bytes"] for r in rows) / 2**20,
+            "visual_tokens": statistics.mean(r["visual_tokens"] for r in rows),
+            "visual_tokens_kept": statistics.mean(r["visual_tokens_kept"] for r in rows),
+        }
+    summary["ratio"] = {
+        key: (summary["accelerated"][key] / summary["baseline"][key] if summary["baseline"][key] else None)
+        for key in summary["baseline"]
+    }
+    summary["tokens_match"] = sum(s["tokens_match"] for s in per_sample) / len(per_sample)
+    return summary
+
+
+_ROWS = [
+    ("ttft_ms", "TTFT (ms)", "lower"),
+    ("tpot_ms", "TPOT (ms)", "lower"),
+    ("tokens_per_s", "tokens/s", "higher"),
+    ("peak_memory_mb", "peak memory (MB)", "lower"),
+    ("kv_cache_mb", "KV cache (MB)", "lower"),
+    ("visual_tokens", "visual tokens in prompt", None),
+    ("visual_tokens_kept", "visual tokens kept", "lower"),
+]
+
+
+def format_table(result: dict[str, Any], header: str = "") -> str:
+    """The summary as an aligned text table; the last column is accelerated ÷ baseline."""
+    summary = result["summary"]
+    lines = [header] if header else []
+    lines.append(f"{'metric':<26}{'baseline':>14}{'accelerated':>14}{'accel/base':>12}")
+    for key, label, _better in _ROWS:
+        base, acc, ratio = summary["baseline"][key], summary["accelerated"][key], summary["ratio"][key]
+        ratio_text = f"{ratio:.3f}x" if ratio is not None else "-"
+        lines.append(f"{label:<26}{base:>14.3f}{acc:>14.3f}{ratio_text:>12}")
+    lines.append(f"{'tokens match baseline':<26}{'':>14}{summary['tokens_match'] * 100:>13.0f}%")
+    return "\n".join(lines)
+
+
+@dataclass
+class BenchArgs:
+    """Command-line options of ``mmaccel bench``."""
+
+    model: str
+    preset: str | None = None
+    config: str | None = None
+    samples: int = 4
+    batch_size: int = 1
+    max_new_tokens: int = 32
+    repeats: int = 3
+    warmup: int = 1
+    modality: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    json: str | None = None
+    progress: bool = True
+
+
+def main(args: BenchArgs) -> int:
+    """Run the benchmark described by ``args``, print the table and write ``--json`` if asked."""
+    from .models import load_model, resolve_dtype
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    dtype = resolve_dtype(args.dtype, device)
+    if args.config:
+        config = AccelConfig.load(args.config)
+        config_name = args.config
+    else:
+        config_name = args.preset or "kernels"
+        config = AccelConfig.preset(config_name)
+    model, processor = load_model(args.model, device=device, dtype=dtype, seed=args.seed)
+    samples = bench_inputs(args.model, processor, args.samples, args.batch_size, args.modality, args.seed)
+    result = run_bench(model, samples, config, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                       warmup=args.warmup, progress=args.progress)
+    header = (f"mmaccel bench  model={args.model}  device={device}  dtype={str(dtype).removeprefix('torch.')}  "
+              f"config={config_name}  samples={args.samples}x{args.repeats}  batch={args.batch_size}  "
+              f"new_tokens={args.max_new_tokens}")
+    print(format_table(result, header))
+    if args.json:
+        payload = {"args": asdict(args), "device": str(device), "dtype": str(dtype), "config": config.to_dict(),
+                   "torch": torch.__version__, **result}
+        if device.type == "cuda":
+            payload["gpu"] = torch.cuda.get_device_name(device)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,255 @@
+"""Typed, validated configuration: one sub-config per component, named presets, dict/JSON round-trips.
+
+``AccelConfig`` holds one dataclass per component (``prune``, ``stream``, ``kv``, ``spec``, ``contrast``,
+``kernels``). Every value is checked on construction; an unknown key or a bad value raises :class:`ConfigError`
+naming the key, the value and what is allowed. A component is switched on by its primary field (``method``, or
+``backend`` for kernels); components land one release at a time, so each field only allows what is implemented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class ConfigError(ValueError):
+    """An unknown configuration key or a value outside what is allowed."""
+
+
+@dataclass
+class _SubConfig:
+    """Base of the component configs: validation from ``CHOICES`` and the field types."""
+
+    #: Allowed values for enumerated fields.
+    CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    #: The field a plain string selects (``accelerate(model, kernels="triton")``).
+    PRIMARY: ClassVar[str] = "method"
+    #: The section name in ``AccelConfig``.
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raise :class:`ConfigError` on the first bad one."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            key = f"{self.SECTION}.{f.name}"
+            allowed = self.CHOICES.get(f.name)
+            if allowed is not None and value not in allowed:
+                raise ConfigError(f"{key}={value!r} is not allowed; allowed: {', '.join(map(repr, allowed))}")
+            expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(str(f.type))
+            if expected is not None and (not isinstance(value, expected) or
+                                         (expected is not bool and isinstance(value, bool))):
+                raise ConfigError(f"{key}={value!r} must be of type {f.type}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the component does anything."""
+        return getattr(self, self.PRIMARY) != "none"
+
+    @classmethod
+    def from_value(cls, value: Any) -> _SubConfig:
+        """Build from a sub-config instance, a dict of fields, or a string for the primary field."""
+        if isinstance(value, cls):
+            return dataclasses.replace(value)
+        if isinstance(value, str):
+            return cls(**{cls.PRIMARY: value})
+        if isinstance(value, dict):
+            names = {f.name for f in dataclasses.fields(cls)}
+            for key in value:
+                if key not in names:
+                    raise ConfigError(f"unknown key {cls.SECTION}.{key} (value {value[key]!r}); "
+                                      f"allowed keys: {', '.join(sorted(names))}")
+            return cls(**value)
+        raise ConfigError(
+            f"{cls.SECTION}={value!r} must be a {cls.__name__}, a dict of its fields, or a string for "
+            f"{cls.SECTION}.{cls.PRIMARY}"
+        )
+
+
+@dataclass
+class KernelsConfig(_SubConfig):
+    """Which attention implementation the language model uses.
+
+    ``backend``: ``"none"`` keeps the model's own (sdpa/eager); ``"triton"`` routes attention through mmaccel's
+    Triton flash-attention kernel; ``"torch"`` through its PyTorch reference; ``"auto"`` picks Triton for CUDA
+    tensors and the PyTorch reference otherwise.
+    """
+
+    backend: str = "none"
+    CHOICES: ClassVar = {"backend": ("none", "auto", "torch", "triton")}
+    PRIMARY: ClassVar = "backend"
+    SECTION: ClassVar = "kernels"
+
+
+@dataclass
+class PruneConfig(_SubConfig):
+    """Prefill visual-token sparsification (dynamic sparse attention, fixed-budget pruning). Not yet available."""
+
+    method: str = "none"
+    CHOICES: ClassVar = {"method": ("none",)}
+    SECTION: ClassVar = "prune"
+
+
+@dataclass
+class StreamConfig(_SubConfig):
+    """Carrier-token streaming for long and live video. Not yet available."""
+
+    method: str = "none"
+    CHOICES: ClassVar = {"method": ("none",)}
+    SECTION: ClassVar = "stream"
+
+
+@dataclass
+class KVConfig(_SubConfig):
+    """Mixed-precision KV cache for decode. Not yet available."""
+
+    method: str = "none"
+    CHOICES: ClassVar = {"method": ("none",)}
+    SECTION: ClassVar = "kv"
+
+
+@dataclass
+class SpecConfig(_SubConfig):
+    """Speculative decoding (draft head, small VLM drafter, prompt lookup). Not yet available."""
+
+    method: str = "none"
+    CHOICES: ClassVar = {"method": ("none",)}
+    SECTION: ClassVar = "spec"
+
+
+@dataclass
+class ContrastConfig(_SubConfig):
+    """Contrastive decoding against hallucination (VCD, AvisC, CODE). Not yet available."""
+
+    method: str = "none"
+    CHOICES: ClassVar = {"method": ("none",)}
+    SECTION: ClassVar = "contrast"
+
+
+_SECTIONS: dict[str, type[_SubConfig]] = {
+    "prune": PruneConfig,
+    "stream": StreamConfig,
+    "kv": KVConfig,
+    "spec": SpecConfig,
+    "contrast": ContrastConfig,
+    "kernels": KernelsConfig,
+}
+
+
+@dataclass
+class AccelConfig:
+    """The whole mmaccel configuration: one sub-config per component."""
+
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    kv: KVConfig = field(default_factory=KVConfig)
+    spec: SpecConfig = field(default_factory=SpecConfig)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():
+            setattr(self, name, cls.from_value(getattr(self, name)))
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AccelConfig:
+        """Build from a dict such as :meth:`to_dict` returns; a ``"preset"`` key starts from that preset."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a dict of sections, got {type(data).__name__}")
+        data = dict(data)
+        base = cls.preset(data.pop("preset")) if "preset" in data else cls()
+        return base.updated(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> AccelConfig:
+        """Build from a JSON string."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AccelConfig:
+        """Read a JSON config file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        return cls.from_json(path.read_text())
+
+    @classmethod
+    def preset(cls, name: str) -> AccelConfig:
+        """A named preset (see :data:`PRESETS`)."""
+        if name not in PRESETS:
+            raise ConfigError(f"preset={name!r} is not a known preset; allowed: {', '.join(PRESETS)}")
+        return cls.from_dict(PRESETS[name]["config"])
+
+    @classmethod
+    def resolve(cls, config: AccelConfig | dict | str | Path | None = None, **overrides: Any) -> AccelConfig:
+        """Turn what a user passed to ``accelerate`` into a validated config.
+
+        ``config`` may be ``None`` (preset ``"none"``), an :class:`AccelConfig`, a dict, a preset name, or a path to a
+        JSON file; ``overrides`` replace whole sections (``kernels="triton"``, ``prune={"method": ...}``).
+        """
+        if config is None:
+            base = cls()
+        elif isinstance(config, AccelConfig):
+            base = dataclasses.replace(config)
+        elif isinstance(config, dict):
+            base = cls.from_dict(config)
+        elif isinstance(config, Path) or (isinstance(config, str) and config.endswith(".json")):
+            base = cls.load(config)
+        elif isinstance(config, str):
+            base = cls.preset(config)
+        else:
+            raise ConfigError(
+                f"config={config!r} must be None, an AccelConfig, a dict, a preset name "
+                f"({', '.join(PRESETS)}) or a path to a .json file"
+            )
+        return base.updated(**overrides)
+
+    def updated(self, **sections: Any) -> AccelConfig:
+        """A copy with the given sections replaced; each value as accepted by the section's ``from_value``."""
+        for key, value in sections.items():
+            if key not in _SECTIONS:
+                raise ConfigError(f"unknown config key {key!r} (value {value!r}); allowed: {', '.join(_SECTIONS)}")
+        current = {name: getattr(self, name) for name in _SECTIONS}
+        for key, value in sections.items():
+            if isinstance(value, dict):
+                # A dict updates the section field by field rather than resetting the fields it does not name.
+                value = {**dataclasses.asdict(current[key]), **value}
+            current[key] = _SECTIONS[key].from_value(value)
+        return AccelConfig(**current)
+
+    # -- serialisation ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """A plain dict, one entry per section; ``AccelConfig.from_dict(c.to_dict()) == c``."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The config as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def enabled_components(self) -> list[str]:
+        """Names of the sections that are switched on."""
+        return [name for name in _SECTIONS if getattr(self, name).enabled]
+
+
+#: Named presets. Each has a one-line description of what it trades, shown by ``mmaccel presets``.
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {
+        "description": "Nothing changed: the model exactly as loaded (the baseline of every comparison).",
+        "config": {},
+    },
+    "kernels": {
+        "description": "mmaccel's flash-attention kernel for the language model (Triton on CUDA, PyTorch elsewhere); "
+                       "lossless up to floating-point rounding.",
+        "config": {"kernels": {"backend": "auto"}},
+    },
+}

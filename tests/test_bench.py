@@ -1,0 +1,82 @@
+"""mmaccel bench: both sides on the same inputs, every field reported, JSON written, clear errors."""
+
+import json
+
+import pytest
+
+from mmaccel.bench import format_table, run_bench
+from mmaccel.cli import main
+from mmaccel.config import AccelConfig
+from mmaccel.zoo.tiny import sample_inputs
+
+FIELDS = ["ttft_ms", "tpot_ms", "tokens_per_s", "peak_memory_mb", "kv_cache_mb", "visual_tokens",
+          "visual_tokens_kept"]
+
+
+def test_run_bench_reports_every_field_and_restores(tiny):
+    import mmaccel
+
+    model, processor = tiny("qwen2_vl")
+    samples = [sample_inputs("qwen2_vl", processor, batch_size=2, seed=s) for s in range(2)]
+    result = run_bench(model, samples, AccelConfig.preset("kernels"), max_new_tokens=4, repeats=2, warmup=0,
+                       progress=False)
+    summary = result["summary"]
+    for side in ("baseline", "accelerated"):
+        for field in FIELDS:
+            assert summary[side][field] >= 0, (side, field)
+        assert summary[side]["ttft_ms"] > 0 and summary[side]["kv_cache_mb"] > 0
+        assert summary[side]["peak_memory_mb"] > 0
+        assert summary[side]["visual_tokens"] == summary[side]["visual_tokens_kept"] > 0
+    assert summary["tokens_match"] == 1.0
+    assert len(result["samples"][0]["baseline"]["ttft_s"]) == 2
+    assert result["samples"][0]["baseline"]["new_tokens"] == 4
+    # The KV cache of 2 rows x (prompt + 4 - 1) positions, 2 layers, K and V, 2 kv heads x 16 dims, fp32.
+    prompt = samples[0]["input_ids"].shape[1]
+    expected = 2 * 2 * 2 * (prompt + 3) * 2 * 16 * 4
+    assert result["samples"][0]["baseline"]["kv_bytes"] == expected
+    assert not mmaccel.is_accelerated(model)
+    table = format_table(result)
+    assert "TTFT (ms)" in table and "tokens match baseline" in table
+
+
+def test_cli_bench_writes_json_with_both_sides(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    code = main(["bench", "--model", "tiny-qwen2_5_vl", "--samples", "1", "--repeats", "1", "--warmup", "0",
+                 "--max-new-tokens", "3", "--json", str(out), "--no-progress"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    for side in ("baseline", "accelerated"):
+        assert set(FIELDS) <= set(data["summary"][side])
+    assert data["config"]["kernels"]["backend"] == "auto"
+    assert "accel/base" in capsys.readouterr().out
+
+
+def test_cli_unknown_model_is_a_clear_error(capsys):
+    assert main(["bench", "--model", "tiny-gpt5", "--samples", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "tiny-gpt5" in err and "tiny-llava" in err
+
+
+def test_cli_unreachable_hub_id_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # no 20 s of retries
+    assert main(["bench", "--model", "no-such-org/no-such-model", "--samples", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-org/no-such-model" in err and "Hub" in err
+
+
+def test_cli_presets_and_config(capsys, tmp_path):
+    assert main(["presets"]) == 0
+    assert "kernels" in capsys.readouterr().out
+    assert main(["config", "--preset", "kernels"]) == 0
+    assert json.loads(capsys.readouterr().out)["kernels"]["backend"] == "auto"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"kernels": {"backend": "warp"}}))
+    assert main(["config", "--file", str(bad)]) == 2
+    assert "kernels.backend='warp'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["bench", "--preset", "nope"], ["frobnicate"]])
+def test_cli_rejects_bad_arguments(argv):
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
