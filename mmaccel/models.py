@@ -1,7 +1,9 @@
 """Load ``(model, processor)`` from a name every mmaccel CLI accepts for ``--model``.
 
-Accepted names: ``tiny-<family>`` (an offline tiny random-weight model, e.g. ``tiny-llava``), a local directory
-saved with ``save_pretrained``, or a Hugging Face Hub id (needs network access, or a filled local cache).
+Accepted names: ``tiny-<family>`` (an offline tiny random-weight model, e.g. ``tiny-llava``),
+``random-<checkpoint>`` (random weights with a released checkpoint's exact shapes, e.g. ``random-llava-1.5-7b``, for
+speed and memory measurements without a download), a local directory saved with ``save_pretrained``, or a Hugging
+Face Hub id (needs network access, or a filled local cache).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import torch
 
 from .adapters import UnsupportedModelError, adapter_class
+from .zoo.shapes import RANDOM_PREFIX, build_random, shape_names
 from .zoo.tiny import build_tiny, tiny_families
 
 TINY_PREFIX = "tiny-"
@@ -24,8 +27,8 @@ class ModelLoadError(RuntimeError):
 
 
 def model_names() -> list[str]:
-    """The built-in model names (the offline tiny models)."""
-    return [TINY_PREFIX + family for family in tiny_families()]
+    """The built-in model names: offline tiny models and random-weight models of real shapes."""
+    return [TINY_PREFIX + family for family in tiny_families()] + [RANDOM_PREFIX + name for name in shape_names()]
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -48,6 +51,11 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
             raise ModelLoadError(f"unknown tiny model {name!r}; available: {', '.join(model_names())}")
         model, processor = build_tiny(family, seed=seed, dtype=dtype)
         return model.to(device), processor
+    if name.startswith(RANDOM_PREFIX):
+        shape = name[len(RANDOM_PREFIX):]
+        if shape not in shape_names():
+            raise ModelLoadError(f"unknown random-weight model {name!r}; available: {', '.join(model_names())}")
+        return build_random(shape, device=device, dtype=dtype, seed=seed)
     return _load_pretrained(name, device, dtype)
 
 
