@@ -1,0 +1,208 @@
+"""Tiny LLaVA-family models, built offline: LLaVA-1.5, LLaVA-NeXT, LLaVA-NeXT-Video and LLaVA-OneVision.
+
+Real transformers classes throughout: the family's ``...ForConditionalGeneration`` and config, a tiny CLIP vision
+tower (SigLIP for OneVision, as in the released models), a Llama (Qwen2 for OneVision) language model, and the
+family's real processor with its real image / video processor classes over the byte-level tokenizer of
+:mod:`mmaccel.zoo.tiny.tokenizer`.
+
+Sizes: images are resized to 16x16 (patch 4 → a 4x4 grid, 16 tokens per base image); anyres families tile larger
+images over ``image_grid_pinpoints`` of 16–32 pixels, so two differently shaped images give different token counts.
+Videos are 16x16 frames; NeXT-Video and OneVision pool each frame's 4x4 grid to 2x2 = 4 tokens per frame.
+Language model: hidden 64, 2 layers, 4 heads / 2 key-value heads, head_dim 16.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (
+    BatchFeature,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    GenerationConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaNextVideoProcessor,
+    LlavaNextVideoVideoProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
+    LlavaProcessor,
+    SiglipVisionConfig,
+)
+
+from .media import make_image, make_video
+from .tokenizer import build_byte_tokenizer
+
+MODALITIES: dict[str, tuple[str, ...]] = {
+    "llava": ("image",),
+    "llava_next": ("image",),
+    "llava_next_video": ("video", "image"),
+    "llava_onevision": ("image", "video"),
+}
+
+IMAGE_SIZE = 16
+PATCH_SIZE = 4
+PINPOINTS = [[16, 32], [32, 16], [32, 32]]
+
+# Vicuna-style template of llava-hf/llava-1.5 (also used by LLaVA-NeXT and NeXT-Video's vicuna variants).
+VICUNA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }} "
+    "{% elif message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['role'] != 'system' %}{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n"
+    "{% elif content['type'] == 'video' %}<video>\n"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %} {% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+# Qwen-style template of llava-hf/llava-onevision-qwen2.
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n"
+    "{% elif content['type'] == 'video' %}<video>\n"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _tokenizer(family: str) -> Any:
+    named = {"image_token": "<image>", "video_token": "<video>"}
+    if family == "llava_onevision":
+        return build_byte_tokenizer(eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens=named,
+                                    additional_special_tokens=["<|im_start|>"], chat_template=ONEVISION_TEMPLATE)
+    return build_byte_tokenizer(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                extra_special_tokens=named, chat_template=VICUNA_TEMPLATE)
+
+
+def _text_config(family: str, tokenizer: Any) -> dict[str, Any]:
+    return {
+        "model_type": "qwen2" if family == "llava_onevision" else "llama",
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _clip() -> CLIPVisionConfig:
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32)
+
+
+def build_processor(family: str) -> Any:
+    """The family's real processor with tiny image / video sizes."""
+    tokenizer = _tokenizer(family)
+    crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    clip_like = {"patch_size": PATCH_SIZE, "vision_feature_select_strategy": "default",
+                 "num_additional_image_tokens": 1}
+    if family == "llava":
+        image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=crop)
+        return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=VICUNA_TEMPLATE,
+                              **clip_like)
+    next_images = LlavaNextImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=crop,
+                                          image_grid_pinpoints=PINPOINTS)
+    if family == "llava_next":
+        return LlavaNextProcessor(image_processor=next_images, tokenizer=tokenizer, chat_template=VICUNA_TEMPLATE,
+                                  **clip_like)
+    if family == "llava_next_video":
+        video_processor = LlavaNextVideoVideoProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=crop)
+        return LlavaNextVideoProcessor(video_processor=video_processor, image_processor=next_images,
+                                       tokenizer=tokenizer, chat_template=VICUNA_TEMPLATE, **clip_like)
+    if family == "llava_onevision":
+        size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        image_processor = LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=PINPOINTS)
+        video_processor = LlavaOnevisionVideoProcessor(size=size)
+        return LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                       video_processor=video_processor,
+                                       num_image_tokens=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+                                       vision_feature_select_strategy="full", chat_template=ONEVISION_TEMPLATE)
+    raise ValueError(f"not a LLaVA family: {family!r}")
+
+
+def _config(family: str, tokenizer: Any) -> Any:
+    text = _text_config(family, tokenizer)
+    ids = {"image_token_id": tokenizer.image_token_id}
+    if family == "llava":
+        return LlavaConfig(vision_config=_clip(), text_config=text, vision_feature_layer=-2,
+                           vision_feature_select_strategy="default", image_seq_length=16, **ids)
+    if family == "llava_next":
+        return LlavaNextConfig(vision_config=_clip(), text_config=text, vision_feature_layer=-2,
+                               vision_feature_select_strategy="default", image_grid_pinpoints=PINPOINTS, **ids)
+    ids["video_token_id"] = tokenizer.video_token_id
+    if family == "llava_next_video":
+        return LlavaNextVideoConfig(vision_config=_clip(), text_config=text, vision_feature_layer=-2,
+                                    vision_feature_select_strategy="default", image_grid_pinpoints=PINPOINTS,
+                                    spatial_pool_stride=2, spatial_pool_mode="average", **ids)
+    siglip = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+    return LlavaOnevisionConfig(vision_config=siglip, text_config=text, vision_feature_layer=-1,
+                                vision_feature_select_strategy="full", image_grid_pinpoints=PINPOINTS,
+                                vision_aspect_ratio="anyres_max_9", **ids)
+
+
+_MODELS = {
+    "llava": LlavaForConditionalGeneration,
+    "llava_next": LlavaNextForConditionalGeneration,
+    "llava_next_video": LlavaNextVideoForConditionalGeneration,
+    "llava_onevision": LlavaOnevisionForConditionalGeneration,
+}
+
+
+def build(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """``(model, processor)`` of a LLaVA family: real classes, seeded random tiny weights, eval mode."""
+    processor = build_processor(family)
+    tokenizer = processor.tokenizer
+    config = _config(family, tokenizer)
+    torch.manual_seed(seed)
+    model = _MODELS[family](config).eval().to(dtype)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    return model, processor
+
+
+# (width, height) of each row's image; rows cycle. Anyres families get differently shaped tilings.
+_IMAGE_SIZES = [(40, 20), (24, 24), (20, 36)]
+VIDEO_FRAMES = 4
+_QUESTIONS = ["What is it?", "Describe the picture in a few words, please.", "Where is the square?"]
+
+
+def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: str | None = None,
+                  seed: int = 0) -> BatchFeature:
+    """Chat-template prompts with one synthetic image or video per row; rows differ in text length and media.
+
+    Videos have 4 frames of 24x24 pixels (the LLaVA video processors stack a batch's videos into one tensor, so
+    every row of a batch has the same frame count; rows still differ in content and text length).
+    """
+    modality = modality or MODALITIES[family][0]
+    if modality not in MODALITIES[family]:
+        raise ValueError(f"{family} has no modality {modality!r}; it accepts {MODALITIES[family]}")
+    texts, media = [], []
+    for row in range(batch_size):
+        question = _QUESTIONS[row % len(_QUESTIONS)]
+        messages = [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": question}]}]
+        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        if modality == "image":
+            width, height = _IMAGE_SIZES[row % len(_IMAGE_SIZES)]
+            media.append(make_image(width, height, seed=seed + row))
+        else:
+            media.append(make_video(VIDEO_FRAMES, 24, 24, seed=seed + row))
+    key = "images" if modality == "image" else "videos"
+    return processor(text=texts, **{key: media}, return_tensors="pt", padding=True)
