@@ -163,8 +163,13 @@ class ModelAdapter:
 
     # -- helpers for subclasses ---------------------------------------------------------------------------------
     def _token_id(self, name: str) -> int:
-        """A special token id from the model config (``image_token_id`` etc.), with a clear error if missing."""
+        """A special token id from the model config (``image_token_id`` etc.), with a clear error if missing.
+
+        Configs that spell it ``..._token_index`` (Qwen2.5-Omni, older LLaVA) are read too.
+        """
+        names = (name, name.removesuffix("_id") + "_index")
         for config in (self.model.config, getattr(self.model.config, "thinker_config", None)):
-            if config is not None and getattr(config, name, None) is not None:
-                return int(getattr(config, name))
+            for key in names:
+                if config is not None and getattr(config, key, None) is not None:
+                    return int(getattr(config, key))
         raise ValueError(f"{type(self.model).__name__}'s config has no {name!r}")
