@@ -24,3 +24,22 @@ def _cached_tiny(family: str):
 def tiny():
     """``tiny(family) -> (model, processor)``: a session-cached tiny model; tests must restore what they patch."""
     return _cached_tiny
+
+
+def _first_prefill_position_ids(module, model, inputs):
+    seen = []
+    handle = module.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get("position_ids")),
+                                              with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.fixture
+def prefill_position_ids():
+    """``prefill_position_ids(module, model, inputs)``: the ``position_ids`` keyword ``module`` receives at the
+    prefill step of ``model.generate(**inputs)``."""
+    return _first_prefill_position_ids

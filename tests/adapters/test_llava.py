@@ -62,19 +62,12 @@ def test_anyres_images_of_two_shapes_get_different_token_counts(tiny):
 
 
 @pytest.mark.parametrize("family,modality,batch", [c for c in CASES if c[2] == 2])
-def test_position_ids_are_what_the_decoder_receives(tiny, family, modality, batch):
+def test_position_ids_are_what_the_decoder_receives(tiny, prefill_position_ids, family, modality, batch):
     model, processor = tiny(family)
     adapter = get_adapter(model)
     inputs = sample_inputs(family, processor, batch_size=batch, modality=modality, seed=8)
     assert (inputs["attention_mask"] == 0).any()
-    seen = []
-    handle = adapter.decoder_layers[0].register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["position_ids"]), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    finally:
-        handle.remove()
+    seen = prefill_position_ids(adapter.decoder_layers[0], model, inputs)
     expected = adapter.position_ids(**inputs)
     mask = inputs["attention_mask"].bool()
-    assert torch.equal(seen[0][mask], expected[mask])
+    assert torch.equal(seen[mask], expected[mask])

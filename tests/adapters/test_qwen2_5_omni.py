@@ -22,7 +22,7 @@ def test_detection_and_structure(tiny):
 
 @pytest.mark.parametrize("modality", ["image", "video", "audio"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_spans_features_and_positions(tiny, modality, batch):
+def test_spans_features_and_positions(tiny, prefill_position_ids, modality, batch):
     model, processor = tiny(FAMILY)
     adapter = get_adapter(model)
     inputs = sample_inputs(FAMILY, processor, batch_size=batch, modality=modality, seed=5)
@@ -40,18 +40,11 @@ def test_spans_features_and_positions(tiny, modality, batch):
         assert {s.kind for s in spans} == {"frame" if modality == "video" else modality}
         assert sum(s.length for s in spans) == features[row].shape[0] == int(placeholders[row].sum())
         assert all(inputs["attention_mask"][row, s.start:s.end].all() for s in spans)
-    seen = []
-    handle = adapter.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs.get("position_ids")), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    finally:
-        handle.remove()
+    seen = prefill_position_ids(adapter.language_model, model, inputs)
     expected = adapter.position_ids(**inputs)
     mask = inputs["attention_mask"].bool()
-    assert seen[0].shape == expected.shape == (4, batch, inputs["input_ids"].shape[1])
-    assert torch.equal(seen[0][:, mask], expected[:, mask])
+    assert seen.shape == expected.shape == (4, batch, inputs["input_ids"].shape[1])
+    assert torch.equal(seen[:, mask], expected[:, mask])
 
 
 def test_audio_in_video_prompts_are_refused(tiny):

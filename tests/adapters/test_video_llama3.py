@@ -38,7 +38,7 @@ def test_video_frames_follow_the_compression_mask(tiny, batch):
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_images_and_positions(tiny, batch):
+def test_images_and_positions(tiny, prefill_position_ids, batch):
     model, processor = tiny("video_llama_3")
     adapter = get_adapter(model)
     inputs = sample_inputs("video_llama_3", processor, batch_size=batch, modality="image", seed=4)
@@ -48,16 +48,9 @@ def test_images_and_positions(tiny, batch):
         (span,) = layout.images(row)
         assert span.length == features[row].shape[0]
         assert (inputs["input_ids"][row, span.start:span.end] == model.config.image_token_id).all()
-    seen = []
-    handle = adapter.decoder_layers[0].register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["position_ids"]), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    finally:
-        handle.remove()
+    seen = prefill_position_ids(adapter.decoder_layers[0], model, inputs)
     mask = inputs["attention_mask"].bool()
-    assert torch.equal(seen[0][mask], adapter.position_ids(**inputs)[mask])
+    assert torch.equal(seen[mask], adapter.position_ids(**inputs)[mask])
 
 
 def test_mismatched_compression_mask_is_reported(tiny):

@@ -41,6 +41,7 @@ from transformers import (
 )
 
 from .media import make_image, make_video
+from .prompts import chat_prompts, resolve_modality
 from .tokenizer import build_byte_tokenizer
 
 MODALITIES: dict[str, tuple[str, ...]] = {
@@ -181,7 +182,6 @@ def build(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tup
 # (width, height) of each row's image; rows cycle. Anyres families get differently shaped tilings.
 _IMAGE_SIZES = [(40, 20), (24, 24), (20, 36)]
 VIDEO_FRAMES = 4
-_QUESTIONS = ["What is it?", "Describe the picture in a few words, please.", "Where is the square?"]
 
 
 def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: str | None = None,
@@ -191,14 +191,10 @@ def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: st
     Videos have 4 frames of 24x24 pixels (the LLaVA video processors stack a batch's videos into one tensor, so
     every row of a batch has the same frame count; rows still differ in content and text length).
     """
-    modality = modality or MODALITIES[family][0]
-    if modality not in MODALITIES[family]:
-        raise ValueError(f"{family} has no modality {modality!r}; it accepts {MODALITIES[family]}")
-    texts, media = [], []
+    modality = resolve_modality(family, modality, MODALITIES[family])
+    texts = chat_prompts(processor, modality, batch_size)
+    media = []
     for row in range(batch_size):
-        question = _QUESTIONS[row % len(_QUESTIONS)]
-        messages = [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": question}]}]
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         if modality == "image":
             width, height = _IMAGE_SIZES[row % len(_IMAGE_SIZES)]
             media.append(make_image(width, height, seed=seed + row))

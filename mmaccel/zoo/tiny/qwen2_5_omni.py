@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from .media import make_audio, make_image, make_video
+from .prompts import chat_prompts, resolve_modality
 from .tokenizer import build_byte_tokenizer
 
 MODALITIES: dict[str, tuple[str, ...]] = {"qwen2_5_omni_thinker": ("image", "video", "audio")}
@@ -104,20 +105,15 @@ def build(family: str = "qwen2_5_omni_thinker", seed: int = 0,
 _IMAGE_SIZES = [(40, 32), (24, 16), (32, 32)]
 _VIDEO_SHAPES = [(4, 32, 24), (6, 24, 16), (4, 16, 16)]
 _AUDIO_SECONDS = [1.0, 0.6, 0.8]
-_QUESTIONS = ["What is it?", "Describe it in a few words, please.", "What do you notice?"]
 
 
 def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: str | None = None,
                   seed: int = 0) -> BatchFeature:
     """Chat-template prompts with one synthetic image, video or audio clip per row; rows differ in length."""
-    modality = modality or MODALITIES[family][0]
-    if modality not in MODALITIES[family]:
-        raise ValueError(f"{family} has no modality {modality!r}; it accepts {MODALITIES[family]}")
-    texts, media = [], []
+    modality = resolve_modality(family, modality, MODALITIES[family])
+    texts = chat_prompts(processor, modality, batch_size)
+    media = []
     for row in range(batch_size):
-        question = _QUESTIONS[row % len(_QUESTIONS)]
-        messages = [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": question}]}]
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         if modality == "image":
             media.append(make_image(*_IMAGE_SIZES[row % len(_IMAGE_SIZES)], seed=seed + row))
         elif modality == "video":

@@ -42,6 +42,7 @@ from transformers import (
 )
 
 from .media import make_image, make_video
+from .prompts import chat_prompts, resolve_modality
 from .tokenizer import build_byte_tokenizer
 
 MODALITIES: dict[str, tuple[str, ...]] = {
@@ -196,7 +197,6 @@ def build(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tup
 # (width, height) of the image in each row and (frames, width, height) of the video in each row; rows cycle.
 _IMAGE_SIZES = [(40, 32), (24, 16), (32, 32)]
 _VIDEO_SHAPES = [(4, 32, 24), (6, 24, 16), (4, 16, 16)]
-_QUESTIONS = ["What is it?", "Describe the picture in a few words, please.", "Where is the square?"]
 
 
 def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: str | None = None,
@@ -209,14 +209,10 @@ def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: st
     ``temporal_patch_size / fps = 2.0`` and its temporal M-RoPE positions step by ``tokens_per_second * 2.0 = 4``
     per temporal group (without metadata the processor assumes 24 fps: ``int(k / 6)``, 0 for the first 6 groups).
     """
-    modality = modality or MODALITIES[family][0]
-    if modality not in MODALITIES[family]:
-        raise ValueError(f"{family} has no modality {modality!r}; it accepts {MODALITIES[family]}")
-    texts, media, metadata = [], [], []
+    modality = resolve_modality(family, modality, MODALITIES[family])
+    texts = chat_prompts(processor, modality, batch_size)
+    media, metadata = [], []
     for row in range(batch_size):
-        question = _QUESTIONS[row % len(_QUESTIONS)]
-        messages = [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": question}]}]
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         if modality == "image":
             width, height = _IMAGE_SIZES[row % len(_IMAGE_SIZES)]
             media.append(make_image(width, height, seed=seed + row))

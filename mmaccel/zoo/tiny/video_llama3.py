@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from .media import make_image, make_video
+from .prompts import chat_prompts, resolve_modality
 from .tokenizer import build_byte_tokenizer
 
 MODALITIES: dict[str, tuple[str, ...]] = {"video_llama_3": ("image", "video")}
@@ -79,7 +80,6 @@ def build(family: str = "video_llama_3", seed: int = 0, dtype: torch.dtype = tor
 
 _IMAGE_SIZES = [(20, 12), (16, 16), (12, 20)]
 _VIDEO_SHAPES = [(4, 16, 16), (3, 24, 16), (4, 16, 24)]  # (frames, width, height)
-_QUESTIONS = ["What is it?", "Describe the picture in a few words, please.", "Where is the square?"]
 
 
 def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: str | None = None,
@@ -88,14 +88,10 @@ def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: st
 
     Videos carry ``video_metadata`` at ``VIDEO_FPS`` so the prompt's per-frame "Time t.ts:" markers are exact.
     """
-    modality = modality or MODALITIES[family][0]
-    if modality not in MODALITIES[family]:
-        raise ValueError(f"{family} has no modality {modality!r}; it accepts {MODALITIES[family]}")
-    texts, media, metadata = [], [], []
+    modality = resolve_modality(family, modality, MODALITIES[family])
+    texts = chat_prompts(processor, modality, batch_size)
+    media, metadata = [], []
     for row in range(batch_size):
-        question = _QUESTIONS[row % len(_QUESTIONS)]
-        messages = [{"role": "user", "content": [{"type": modality}, {"type": "text", "text": question}]}]
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         if modality == "image":
             width, height = _IMAGE_SIZES[row % len(_IMAGE_SIZES)]
             media.append(make_image(width, height, seed=seed + row))
