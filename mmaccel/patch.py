@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from .adapters import ModelAdapter, get_adapter
-from .attention import ATTENTION_NAME, BACKEND_ATTR, register_attention
+from .attention import ATTENTION_NAME, BACKEND_ATTR, check_triton_usable, register_attention
 from .config import AccelConfig
 
 #: Attribute of the model instance that holds its :class:`PatchState`.
@@ -57,6 +57,8 @@ class KernelsComponent:
 
     def install(self, model: nn.Module, state: PatchState) -> None:
         """Register the attention function, switch the text sub-config to it, tag each attention module."""
+        if self.backend == "triton":
+            check_triton_usable(next(model.parameters()).device)
         register_attention()
         adapter = state.adapter
         self._original = adapter.text_config._attn_implementation

@@ -140,3 +140,13 @@ def test_bad_config_changes_nothing(tiny):
     with pytest.raises(mmaccel.ConfigError):
         mmaccel.accelerate(model, kernels="fastest")
     assert not mmaccel.is_accelerated(model)
+
+
+def test_triton_on_cpu_without_interpreter_fails_at_accelerate(tiny, monkeypatch):
+    model, _ = tiny("llava")
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the model could be moved to CUDA instead")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match=r"kernels='triton' needs the model on a CUDA device.*kernels='auto'"):
+        mmaccel.accelerate(model, kernels="triton")
+    assert not mmaccel.is_accelerated(model)
