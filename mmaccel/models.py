@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .adapters import UnsupportedModelError, adapter_class
-from .zoo.shapes import RANDOM_PREFIX, build_random, shape_names
+from .zoo.random_weights import RANDOM_PREFIX, build_random, shape_names
 from .zoo.tiny import build_tiny, tiny_families
 
 TINY_PREFIX = "tiny-"

@@ -5,7 +5,7 @@ import torch
 
 from mmaccel.bench import bench_inputs
 from mmaccel.models import ModelLoadError, load_model
-from mmaccel.zoo.shapes import build_random, shape_names
+from mmaccel.zoo.random_weights import build_random, shape_names
 
 
 def test_llava_1_5_7b_has_the_real_shapes_and_576_visual_tokens():
