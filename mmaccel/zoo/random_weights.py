@@ -12,31 +12,20 @@ from typing import Any
 
 import torch
 from transformers import (
-    CLIPImageProcessor,
     CLIPVisionConfig,
     GenerationConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
-    LlavaProcessor,
 )
 
-from .tiny.tokenizer import build_byte_tokenizer
+from .tiny.llava import llava_1_5_processor, vicuna_tokenizer
 
 RANDOM_PREFIX = "random-"
 
-_LLAVA_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %} "
-    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
 
 def _llava_1_5(text_layers: int, hidden: int, heads: int, intermediate: int) -> tuple[Any, Any]:
-    tokenizer = build_byte_tokenizer(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                                     extra_special_tokens={"image_token": "<image>"}, chat_template=_LLAVA_TEMPLATE)
+    tokenizer = vicuna_tokenizer()
     vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                               image_size=336, patch_size=14, projection_dim=768)
     text = LlamaConfig(vocab_size=32064, hidden_size=hidden, intermediate_size=intermediate,
@@ -45,10 +34,7 @@ def _llava_1_5(text_layers: int, hidden: int, heads: int, intermediate: int) -> 
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id,
                          vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=_LLAVA_TEMPLATE)
+    processor = llava_1_5_processor(tokenizer, image_size=336, patch_size=14)
     generation = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                   pad_token_id=tokenizer.pad_token_id)
     return (LlavaForConditionalGeneration, config, generation), processor

@@ -77,13 +77,30 @@ ONEVISION_TEMPLATE = (
 )
 
 
-def _tokenizer(family: str) -> Any:
-    named = {"image_token": "<image>", "video_token": "<video>"}
-    if family == "llava_onevision":
-        return build_byte_tokenizer(eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens=named,
-                                    additional_special_tokens=["<|im_start|>"], chat_template=ONEVISION_TEMPLATE)
+def vicuna_tokenizer() -> Any:
+    """Byte-level tokenizer with LLaVA-1.5's special tokens (``<s>``, ``</s>``, ``<image>``, ``<video>``) and its
+    Vicuna chat template."""
     return build_byte_tokenizer(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                                extra_special_tokens=named, chat_template=VICUNA_TEMPLATE)
+                                extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+                                chat_template=VICUNA_TEMPLATE)
+
+
+def llava_1_5_processor(tokenizer: Any, image_size: int, patch_size: int) -> LlavaProcessor:
+    """LLaVA-1.5's processor: a CLIP image processor resizing and centre-cropping to ``image_size``, one
+    ``<image>`` token per ``patch_size`` patch (the CLS token is dropped, strategy ``"default"``)."""
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=VICUNA_TEMPLATE)
+
+
+def _tokenizer(family: str) -> Any:
+    if family == "llava_onevision":
+        return build_byte_tokenizer(eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                    extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+                                    additional_special_tokens=["<|im_start|>"], chat_template=ONEVISION_TEMPLATE)
+    return vicuna_tokenizer()
 
 
 def _text_config(family: str, tokenizer: Any) -> dict[str, Any]:
@@ -114,9 +131,7 @@ def build_processor(family: str) -> Any:
     clip_like = {"patch_size": PATCH_SIZE, "vision_feature_select_strategy": "default",
                  "num_additional_image_tokens": 1}
     if family == "llava":
-        image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=crop)
-        return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=VICUNA_TEMPLATE,
-                              **clip_like)
+        return llava_1_5_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE)
     next_images = LlavaNextImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=crop,
                                           image_grid_pinpoints=PINPOINTS)
     if family == "llava_next":
