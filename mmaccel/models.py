@@ -1,9 +1,10 @@
 """Load ``(model, processor)`` from a name every mmaccel CLI accepts for ``--model``.
 
-Accepted names: ``tiny-<family>`` (an offline tiny random-weight model, e.g. ``tiny-llava``),
-``random-<checkpoint>`` (random weights with a released checkpoint's exact shapes, e.g. ``random-llava-1.5-7b``, for
-speed and memory measurements without a download), a local directory saved with ``save_pretrained``, or a Hugging
-Face Hub id (needs network access, or a filled local cache).
+Accepted names: a bundled reference model (``shapes-image``, trained on the shapes world), ``tiny-<family>`` (an
+offline tiny random-weight model, e.g. ``tiny-llava``), ``random-<checkpoint>`` (random weights with a released
+checkpoint's exact shapes, e.g. ``random-llava-1.5-7b``, for speed and memory measurements without a download), a
+local directory saved with ``save_pretrained``, or a Hugging Face Hub id (needs network access, or a filled local
+cache).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 import torch
 
 from .adapters import UnsupportedModelError, adapter_class
+from .zoo import reference
 from .zoo.random_weights import RANDOM_PREFIX, build_random, shape_names
 from .zoo.tiny import build_tiny, tiny_families
 
 TINY_PREFIX = "tiny-"
-#: The model ``mmaccel bench`` uses when ``--model`` is not given.
-DEFAULT_MODEL = "tiny-llava"
+#: The model ``mmaccel bench`` uses when ``--model`` is not given: the bundled reference model once its weights are
+#: shipped, a tiny random-weight LLaVA before that.
+DEFAULT_MODEL = "shapes-image" if "shapes-image" in reference.reference_names() else "tiny-llava"
 
 
 class ModelLoadError(RuntimeError):
@@ -27,8 +30,10 @@ class ModelLoadError(RuntimeError):
 
 
 def model_names() -> list[str]:
-    """The built-in model names: offline tiny models and random-weight models of real shapes."""
-    return [TINY_PREFIX + family for family in tiny_families()] + [RANDOM_PREFIX + name for name in shape_names()]
+    """The built-in model names: bundled reference models, offline tiny models, random-weight models of real
+    shapes."""
+    return (reference.reference_names() + [TINY_PREFIX + family for family in tiny_families()]
+            + [RANDOM_PREFIX + name for name in shape_names()])
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -45,6 +50,8 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
                seed: int = 0) -> tuple[Any, Any]:
     """Load ``(model, processor)`` for ``name`` on ``device`` in ``dtype``, in eval mode."""
     device = torch.device(device)
+    if name in reference.reference_names():
+        return reference.load(name, device=device, dtype=dtype)
     if name.startswith(TINY_PREFIX):
         family = name[len(TINY_PREFIX):]
         if family not in tiny_families():

@@ -1,0 +1,42 @@
+"""The shapes-image trainer: its conversations match the evaluation prompt exactly and only answers are learned."""
+
+import numpy as np
+import torch
+
+from mmaccel.zoo.reference import IMAGE_SIZE, shapes_image_config, shapes_image_processor
+from mmaccel.zoo.train_image import POST_PROMPT, encode_conversation, make_batch, training_turns
+from mmaccel.zoo.world import sample_scene
+
+
+def test_first_turn_is_the_evaluation_prompt_token_for_token():
+    processor = shapes_image_processor()
+    question = "Is there a star in the image?" + POST_PROMPT
+    content = [{"type": "image"}, {"type": "text", "text": question}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)], return_tensors="pt")
+    ids, labels = encode_conversation(processor.tokenizer, [(question, "yes")], image_tokens=256)
+    prompt_len = inputs["input_ids"].shape[1]
+    assert ids[:prompt_len] == inputs["input_ids"][0].tolist()
+    assert all(label == -100 for label in labels[:prompt_len])
+    assert processor.tokenizer.decode([t for t in labels if t != -100]) == " yes</s>"
+
+
+def test_turns_are_deterministic_and_true():
+    scene = sample_scene(np.random.default_rng(3))
+    turns = training_turns(scene, np.random.default_rng(4), 12)
+    assert turns == training_turns(scene, np.random.default_rng(4), 12)
+    for question, answer in turns:
+        if question.startswith("Is there a ") and " in the image?" in question and len(question.split()) == 7:
+            shape = question.split()[3]
+            assert answer == ("yes" if shape in scene.shapes_present() else "no")
+
+
+def test_batch_shapes_and_model_config():
+    processor = shapes_image_processor()
+    config = shapes_image_config(processor.tokenizer)
+    assert config.image_seq_length == 256  # the brief asks for at least 256 visual tokens per image
+    batch = make_batch(processor, np.random.default_rng(0), batch_size=2, num_turns=2, image_tokens=256)
+    assert batch["pixel_values"].shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert ((batch["input_ids"] == processor.tokenizer.image_token_id).sum(-1) == 256).all()
+    assert torch.equal(batch["labels"][batch["attention_mask"] == 0],
+                       torch.full_like(batch["labels"][batch["attention_mask"] == 0], -100))
