@@ -79,16 +79,12 @@ def bench_inputs(model_name: str, processor: Any, num_samples: int, batch_size: 
 
 def _generic_inputs(processor: Any, batch_size: int, modality: str, seed: int) -> Any:
     """Chat-template inputs with synthetic media for a real model's processor."""
-    from .zoo.tiny.media import make_image, make_video
-    from .zoo.tiny.prompts import chat_prompts
+    from .zoo.tiny.common import chat_prompts, row_media
 
     if modality not in ("image", "video"):
         raise ValueError(f"bench modality {modality!r} is not supported for hub models; allowed: image, video")
     texts = chat_prompts(processor, modality, batch_size)
-    if modality == "image":
-        media = [make_image(336, 336, seed=seed * 31 + row) for row in range(batch_size)]
-    else:
-        media = [make_video(8, 224, 224, seed=seed * 31 + row) for row in range(batch_size)]
+    media = row_media(modality, batch_size, seed * 31, image_sizes=[(336, 336)], video_shapes=[(8, 224, 224)])
     key = "images" if modality == "image" else "videos"
     return processor(text=texts, **{key: media}, return_tensors="pt", padding=True)
 

@@ -40,8 +40,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from .media import make_image, make_video
-from .prompts import chat_prompts, resolve_modality
+from .common import TINY_TEXT, chat_prompts, resolve_modality, row_media
 from .tokenizer import build_byte_tokenizer
 
 MODALITIES: dict[str, tuple[str, ...]] = {
@@ -107,12 +106,7 @@ def _text_config(family: str, tokenizer: Any) -> dict[str, Any]:
     return {
         "model_type": "qwen2" if family == "llava_onevision" else "llama",
         "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 2048,
+        **TINY_TEXT,
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -208,12 +202,6 @@ def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: st
     """
     modality = resolve_modality(family, modality, MODALITIES[family])
     texts = chat_prompts(processor, modality, batch_size)
-    media = []
-    for row in range(batch_size):
-        if modality == "image":
-            width, height = _IMAGE_SIZES[row % len(_IMAGE_SIZES)]
-            media.append(make_image(width, height, seed=seed + row))
-        else:
-            media.append(make_video(VIDEO_FRAMES, 24, 24, seed=seed + row))
+    media = row_media(modality, batch_size, seed, _IMAGE_SIZES, [(VIDEO_FRAMES, 24, 24)])
     key = "images" if modality == "image" else "videos"
     return processor(text=texts, **{key: media}, return_tensors="pt", padding=True)

@@ -22,8 +22,8 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from .media import make_audio, make_image, make_video
-from .prompts import chat_prompts, resolve_modality
+from .common import TINY_TEXT, chat_prompts, resolve_modality, row_media
+from .media import make_audio
 from .tokenizer import build_byte_tokenizer
 
 MODALITIES: dict[str, tuple[str, ...]] = {"qwen2_5_omni_thinker": ("image", "video", "audio")}
@@ -80,8 +80,7 @@ def build(family: str = "qwen2_5_omni_thinker", seed: int = 0,
     """``(model, processor)``: the real thinker class, seeded random tiny weights, eval mode."""
     processor = build_processor(family)
     tok = processor.tokenizer
-    text = {"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+    text = {"vocab_size": len(tok), **TINY_TEXT,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
             "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
     vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": PATCH_SIZE,
@@ -112,14 +111,11 @@ def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: st
     """Chat-template prompts with one synthetic image, video or audio clip per row; rows differ in length."""
     modality = resolve_modality(family, modality, MODALITIES[family])
     texts = chat_prompts(processor, modality, batch_size)
-    media = []
-    for row in range(batch_size):
-        if modality == "image":
-            media.append(make_image(*_IMAGE_SIZES[row % len(_IMAGE_SIZES)], seed=seed + row))
-        elif modality == "video":
-            media.append(make_video(*_VIDEO_SHAPES[row % len(_VIDEO_SHAPES)], seed=seed + row))
-        else:
-            media.append(make_audio(_AUDIO_SECONDS[row % len(_AUDIO_SECONDS)], SAMPLING_RATE, seed=seed + row))
+    if modality == "audio":
+        media = [make_audio(_AUDIO_SECONDS[row % len(_AUDIO_SECONDS)], SAMPLING_RATE, seed=seed + row)
+                 for row in range(batch_size)]
+    else:
+        media = row_media(modality, batch_size, seed, _IMAGE_SIZES, _VIDEO_SHAPES)
     if modality == "image":
         return processor(text=texts, images=media, return_tensors="pt", padding=True)
     if modality == "video":

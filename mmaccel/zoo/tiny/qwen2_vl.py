@@ -41,8 +41,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from .media import make_image, make_video
-from .prompts import chat_prompts, resolve_modality
+from .common import TINY_TEXT, chat_prompts, resolve_modality, row_media, video_metadata
 from .tokenizer import build_byte_tokenizer
 
 MODALITIES: dict[str, tuple[str, ...]] = {
@@ -142,12 +141,7 @@ def _config(family: str, tokenizer: Any) -> Qwen2VLConfig | Qwen2_5_VLConfig:
     pad_id = tokenizer.pad_token_id
     text_config = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 2048,
+        **TINY_TEXT,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
         "bos_token_id": pad_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -211,15 +205,8 @@ def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: st
     """
     modality = resolve_modality(family, modality, MODALITIES[family])
     texts = chat_prompts(processor, modality, batch_size)
-    media, metadata = [], []
-    for row in range(batch_size):
-        if modality == "image":
-            width, height = _IMAGE_SIZES[row % len(_IMAGE_SIZES)]
-            media.append(make_image(width, height, seed=seed + row))
-        else:
-            frames, width, height = _VIDEO_SHAPES[row % len(_VIDEO_SHAPES)]
-            media.append(make_video(frames, width, height, seed=seed + row))
-            metadata.append({"total_num_frames": frames, "fps": VIDEO_FPS, "width": width, "height": height})
+    media = row_media(modality, batch_size, seed, _IMAGE_SIZES, _VIDEO_SHAPES)
     if modality == "image":
         return processor(text=texts, images=media, return_tensors="pt", padding=True)
-    return processor(text=texts, videos=media, video_metadata=metadata, return_tensors="pt", padding=True)
+    return processor(text=texts, videos=media, video_metadata=video_metadata(media, VIDEO_FPS), return_tensors="pt",
+                     padding=True)

@@ -22,8 +22,7 @@ from transformers import (
     VideoLlama3VideoProcessor,
 )
 
-from .media import make_image, make_video
-from .prompts import chat_prompts, resolve_modality
+from .common import TINY_TEXT, chat_prompts, resolve_modality, row_media, video_metadata
 from .tokenizer import build_byte_tokenizer
 
 MODALITIES: dict[str, tuple[str, ...]] = {"video_llama_3": ("image", "video")}
@@ -63,9 +62,7 @@ def build(family: str = "video_llama_3", seed: int = 0, dtype: torch.dtype = tor
     """``(model, processor)``: real classes, seeded random tiny weights, eval mode."""
     processor = build_processor(family)
     tokenizer = processor.tokenizer
-    text = {"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "max_position_embeddings": 2048, "pad_token_id": tokenizer.pad_token_id,
+    text = {"model_type": "qwen2", "vocab_size": len(tokenizer), **TINY_TEXT, "pad_token_id": tokenizer.pad_token_id,
             "eos_token_id": tokenizer.eos_token_id}
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
               "patch_size": PATCH_SIZE}
@@ -90,16 +87,8 @@ def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: st
     """
     modality = resolve_modality(family, modality, MODALITIES[family])
     texts = chat_prompts(processor, modality, batch_size)
-    media, metadata = [], []
-    for row in range(batch_size):
-        if modality == "image":
-            width, height = _IMAGE_SIZES[row % len(_IMAGE_SIZES)]
-            media.append(make_image(width, height, seed=seed + row))
-        else:
-            frames, width, height = _VIDEO_SHAPES[row % len(_VIDEO_SHAPES)]
-            media.append(make_video(frames, width, height, seed=seed + row))
-            metadata.append({"total_num_frames": frames, "fps": VIDEO_FPS, "width": width, "height": height,
-                             "frames_indices": list(range(frames))})
+    media = row_media(modality, batch_size, seed, _IMAGE_SIZES, _VIDEO_SHAPES)
     if modality == "image":
         return processor(text=texts, images=media, return_tensors="pt", padding=True)
-    return processor(text=texts, videos=media, video_metadata=metadata, return_tensors="pt", padding=True)
+    return processor(text=texts, videos=media, video_metadata=video_metadata(media, VIDEO_FPS), return_tensors="pt",
+                     padding=True)
