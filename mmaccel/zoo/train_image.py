@@ -140,9 +140,10 @@ def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, see
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 25 == 0 or step == steps - 1:
+        evaluate = bool(eval_every) and (step + 1) % eval_every == 0
+        if step % 25 == 0 or step == steps - 1 or evaluate:
             record = {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - start) / 60, 2)}
-            if eval_every and (step + 1) % eval_every == 0:
+            if evaluate:
                 record["quick_pope_acc"] = quick_pope_accuracy(model, processor, seed=10_000 + step)
             history.append(record)
             print(json.dumps(record), flush=True)
