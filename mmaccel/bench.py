@@ -65,6 +65,7 @@ def bench_inputs(model_name: str, processor: Any, num_samples: int, batch_size: 
                  seed: int) -> list[Any]:
     """``num_samples`` processed batches of ``batch_size`` rows for ``model_name``, each with different media."""
     from .models import TINY_PREFIX
+    from .zoo.reference import reference_names
     from .zoo.tiny import sample_inputs
 
     samples = []
@@ -72,9 +73,30 @@ def bench_inputs(model_name: str, processor: Any, num_samples: int, batch_size: 
         if model_name.startswith(TINY_PREFIX):
             family = model_name[len(TINY_PREFIX):]
             samples.append(sample_inputs(family, processor, batch_size=batch_size, modality=modality, seed=seed + i))
+        elif model_name in reference_names():
+            samples.append(_shapes_world_inputs(processor, batch_size, seed + i))
         else:
             samples.append(_generic_inputs(processor, batch_size, modality or "image", seed + i))
     return samples
+
+
+def _shapes_world_inputs(processor: Any, batch_size: int, seed: int) -> Any:
+    """Questions about fresh shapes-world scenes, for the reference models trained on that world."""
+    import numpy as np
+
+    from .zoo.world import render_scene, sample_scene
+
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(batch_size)]
+    size = processor.image_processor.crop_size["height"]
+    images = [render_scene(scene, size=size, seed=seed) for scene in scenes]
+    questions = ["Describe the image." if row % 2 else
+                 f"Is there a {sorted(scenes[row].shapes_present())[0]} in the image?\n"
+                 "Answer the question using a single word or phrase." for row in range(batch_size)]
+    prompts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                            {"type": "text", "text": q}]}],
+                                             add_generation_prompt=True) for q in questions]
+    return processor(text=prompts, images=images, return_tensors="pt", padding=True)
 
 
 def _generic_inputs(processor: Any, batch_size: int, modality: str, seed: int) -> Any:
