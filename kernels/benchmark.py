@@ -1,84 +1,227 @@
-"""Time mmaccel's Triton attention against torch SDPA on a CUDA GPU: ``python -m mmaccel.kernels.benchmark``.
+"""Benchmark of mmaccel's Triton attention vs torch SDPA and the reference: ``python -m mmaccel.kernels.benchmark``.
 
-Prefill (causal, Lq = Lk) and decode (Lq = 1 against a cache) shapes of a 7-8B GQA model, fp16 and bf16. Each row
-reports milliseconds (median of ``triton.testing.do_bench``), achieved TFLOP/s (prefill) or GB/s of K/V read
-(decode), the ratio SDPA time ÷ ours (> 1: ours is faster) and the max abs difference from SDPA.
+Shapes are those of a 7-8B GQA model (Hq=32, Hkv=8, D=128), fp16 and bf16:
+
+* prefill: B=1, causal, Lq = Lk in 1024 / 4096 / 16384; one MHA row (Hkv=32); one row with a boolean left-padding
+  mask (B=2, the mask path transformers takes for padded batches);
+* decode: Lq=1 against a cache of Lk in 1024 / 4096 / 16384 / 65536 keys, batch 1 and 8.
+
+Each row reports milliseconds (median of ``triton.testing.do_bench``) for ours, SDPA and the reference (skipped where
+the reference would need more than ``--ref-gb`` GB), achieved TFLOP/s (prefill; causal counts half the matrix) or
+GB/s of K/V read (decode), the ratio SDPA time / ours (> 1: ours is faster), and the max abs difference of ours from
+SDPA (over query rows that may attend to something). SDPA runs its flash backend with ``enable_gqa=True`` where it
+can, else the efficient/cuDNN backends on K/V repeated beforehand (repeat not timed); the row says which.
+A failing row prints its error and the run goes on. ``--json PATH`` writes every row. ``--smoke`` runs two tiny
+rows on any device (CPU: Triton's interpreter, timed with a wall clock) to check the script itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .attention import attention_triton
+from .attention_reference import attention_reference
 
-PREFILL = [(1, 32, 8, 128, n) for n in (1024, 4096, 16384)] + [(1, 32, 32, 128, 4096)]
-DECODE = [(b, 32, 8, 128, n) for b in (1, 8) for n in (1024, 8192, 65536)] + [(1, 32, 32, 128, 8192)]
+# (kind, batch, q_heads, kv_heads, head_dim, kv_len, left_pad)
+PREFILL = [("prefill", 1, 32, 8, 128, n, 0) for n in (1024, 4096, 16384)] + [
+    ("prefill", 1, 32, 32, 128, 4096, 0),
+    ("prefill-mask", 2, 32, 8, 128, 4096, 512),
+]
+DECODE = [("decode", b, 32, 8, 128, n, 0) for b in (1, 8) for n in (1024, 4096, 16384, 65536)]
+SMOKE = [("prefill", 1, 4, 2, 32, 40, 0), ("prefill-mask", 2, 4, 2, 32, 24, 5), ("decode", 2, 4, 2, 32, 70, 0)]
 
 
-def _sdpa(q, k, v, causal):
+def _timer(device: torch.device):
+    """``time(fn) -> ms``: ``triton.testing.do_bench`` median on CUDA, a wall-clock median elsewhere."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    def wall(fn):
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+
+    return wall
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool):
+    """``(fn, label)``: a zero-argument SDPA call returning ``(B, Lq, Hq, D)``, on the fastest backend that runs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     group = q.shape[1] // k.shape[1]
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=group > 1)
-    return out.transpose(1, 2)
+    is_causal = causal and mask is None
+    tries = []
+    if q.device.type == "cuda":
+        tries.append(("flash+gqa", [SDPBackend.FLASH_ATTENTION], k, v, True))
+        if group > 1:
+            k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+            tries.append(("efficient/cudnn+repeat", [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION],
+                          k_rep, v_rep, False))
+        else:
+            tries.append(("efficient/cudnn", [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION], k, v, False))
+    tries.append(("math+gqa", [SDPBackend.MATH], k, v, group > 1))
+    errors = []
+    for label, backends, keys, values, gqa in tries:
+        def call(backends=backends, keys=keys, values=values, gqa=gqa):
+            with sdpa_kernel(backends):
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=is_causal,
+                                                     enable_gqa=gqa)
+            return out.transpose(1, 2)
+
+        try:
+            call()
+        except RuntimeError as err:  # that backend does not take these inputs
+            errors.append(f"{label}: {str(err).splitlines()[0]}")
+            continue
+        return call, label
+    raise RuntimeError("no SDPA backend ran: " + "; ".join(errors))
 
 
-def _row(kind, batch, q_heads, kv_heads, head_dim, kv_len, dtype):
-    import triton.testing
+def _inputs(kind: str, batch: int, q_heads: int, kv_heads: int, head_dim: int, kv_len: int, left_pad: int,
+            dtype: torch.dtype, device: torch.device):
+    gen = torch.Generator(device=device).manual_seed(0)
+    q_len = 1 if kind == "decode" else kv_len
+    q = torch.randn(batch, q_heads, q_len, head_dim, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(batch, kv_heads, kv_len, head_dim, device=device, dtype=dtype, generator=gen)
+    v = torch.randn(batch, kv_heads, kv_len, head_dim, device=device, dtype=dtype, generator=gen)
+    mask = None
+    if kind == "prefill-mask":  # transformers' sdpa_mask for a batch whose row 0 is left-padded
+        keep = torch.ones(batch, kv_len, dtype=torch.bool, device=device)
+        keep[0, :left_pad] = False
+        causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(kv_len - q_len)
+        mask = (causal[None] & keep[:, None, :])[:, None]  # (B, 1, Lq, Lk)
+    return q, k, v, mask
 
-    q_len = kv_len if kind == "prefill" else 1
-    q = torch.randn(batch, q_heads, q_len, head_dim, device="cuda", dtype=dtype)
-    k = torch.randn(batch, kv_heads, kv_len, head_dim, device="cuda", dtype=dtype)
-    v = torch.randn_like(k)
-    causal = kind == "prefill"
-    ours = attention_triton(q, k, v, causal=causal)
-    ref = _sdpa(q, k, v, causal)
-    err = (ours.float() - ref.float()).abs().max().item()
-    t_ours = triton.testing.do_bench(lambda: attention_triton(q, k, v, causal=causal), return_mode="median")
-    t_sdpa = triton.testing.do_bench(lambda: _sdpa(q, k, v, causal), return_mode="median")
-    if kind == "prefill":
-        flops = 4 * batch * q_heads * q_len * kv_len * head_dim / 2  # causal: half the matrix
-        rate, unit = flops / t_ours / 1e9, "TFLOP/s"
+
+def run_row(kind: str, batch: int, q_heads: int, kv_heads: int, head_dim: int, kv_len: int, left_pad: int,
+            dtype: torch.dtype, device: torch.device, ref_gb: float) -> dict[str, Any]:
+    """Time and check one shape; returns the row (raises on failure)."""
+    q, k, v, mask = _inputs(kind, batch, q_heads, kv_heads, head_dim, kv_len, left_pad, dtype, device)
+    q_len = q.shape[2]
+    causal = kind != "decode"
+    timer = _timer(device)
+    row: dict[str, Any] = {"kind": kind, "dtype": str(dtype).removeprefix("torch."), "batch": batch,
+                           "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": head_dim, "q_len": q_len,
+                           "kv_len": kv_len}
+
+    def ours():
+        return attention_triton(q, k, v, mask, causal=causal)
+
+    sdpa, row["sdpa_impl"] = _sdpa(q, k, v, mask, causal)
+    got, want = ours().float(), sdpa().float()
+    valid = torch.ones(batch, q_len, dtype=torch.bool, device=device)
+    if mask is not None:
+        valid = mask.any(-1).any(1)  # (B, Lq): rows with no allowed key are NaN or 0 depending on SDPA's backend
+    row["max_abs_err_vs_sdpa"] = (got - want).abs()[valid].max().item()
+
+    row["ours_ms"] = timer(ours)
+    row["sdpa_ms"] = timer(sdpa)
+    row["sdpa_over_ours"] = row["sdpa_ms"] / row["ours_ms"]
+    # the reference's float32 scores, weights and repeated K/V
+    ref_bytes = 4 * batch * q_heads * (3 * q_len * kv_len + 2 * kv_len * head_dim)
+    if ref_bytes <= ref_gb * 1e9:
+        row["ref_ms"] = timer(lambda: attention_reference(q, k, v, mask, causal=causal))
+        row["ref_over_ours"] = row["ref_ms"] / row["ours_ms"]
     else:
-        bytes_read = 2 * k.numel() * k.element_size()
-        rate, unit = bytes_read / t_ours / 1e6, "GB/s"
-    return {"kind": kind, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "q_heads": q_heads,
-            "kv_heads": kv_heads, "head_dim": head_dim, "kv_len": kv_len, "ours_ms": t_ours, "sdpa_ms": t_sdpa,
-            "sdpa_over_ours": t_sdpa / t_ours, "rate": rate, "unit": unit, "max_abs_err_vs_sdpa": err}
+        row["ref_ms"] = None  # would not fit the budget
+    if kind == "decode":
+        kv_bytes = 2 * k.numel() * k.element_size()
+        row["rate"], row["unit"] = kv_bytes / row["ours_ms"] / 1e6, "GB/s"
+    else:
+        visible = (q_len * kv_len - q_len * (q_len - 1) / 2) if q_len == kv_len else q_len * kv_len
+        flops = 4 * batch * q_heads * visible * head_dim
+        row["rate"], row["unit"] = flops / row["ours_ms"] / 1e9, "TFLOP/s"
+    return row
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+HEADER = (f"{'kind':<13}{'dtype':<9}{'B':>3}{'Hq':>4}{'Hkv':>4}{'D':>5}{'Lk':>7}{'ours ms':>10}{'sdpa ms':>10}"
+          f"{'ref ms':>10}{'sdpa/ours':>10}{'rate':>16}{'err':>10}  sdpa backend")
+
+
+def _line(row: dict[str, Any]) -> str:
+    return (f"{row['kind']:<13}{row['dtype']:<9}{row['batch']:>3}{row['q_heads']:>4}{row['kv_heads']:>4}"
+            f"{row['head_dim']:>5}{row['kv_len']:>7}{_fmt(row['ours_ms'], '10.3f')}{_fmt(row['sdpa_ms'], '10.3f')}"
+            f"{_fmt(row.get('ref_ms'), '10.3f')}{_fmt(row['sdpa_over_ours'], '10.2f')}"
+            f"{row['rate']:>9.1f} {row['unit']:<6}{row['max_abs_err_vs_sdpa']:>10.1e}  {row['sdpa_impl']}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run every row, print a table, write ``--json`` if given."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--json", help="write the rows to this path")
-    parser.add_argument("--dtypes", default="float16,bfloat16")
+    """Run every row, print a table, write ``--json`` if given. Returns 1 when a row failed, 0 otherwise."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="write the rows (and failures) to this path")
+    parser.add_argument("--dtypes", default="float16,bfloat16", help="comma-separated torch dtypes")
+    parser.add_argument("--only", choices=("prefill", "decode"), help="run only these rows")
+    parser.add_argument("--ref-gb", type=float, default=12.0, help="skip the reference above this memory estimate")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, any device (CPU: Triton interpreter)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("the kernel benchmark needs a CUDA GPU")
-        return 1
-    rows = []
-    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}")
-    print(f"{'kind':<8}{'dtype':<9}{'B':>3}{'Hq':>4}{'Hkv':>4}{'D':>5}{'Lk':>7}{'ours ms':>10}{'sdpa ms':>10}"
-          f"{'sdpa/ours':>10}{'rate':>14}{'max err':>10}")
+
+    if args.smoke and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        print("--smoke on CPU needs TRITON_INTERPRET=1 in the environment (Triton's interpreter)")
+        return 2
+    if args.smoke:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        shapes = SMOKE
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+        shapes = (PREFILL if args.only != "decode" else []) + (DECODE if args.only != "prefill" else [])
+    else:
+        print("the kernel benchmark needs a CUDA GPU (or --smoke to check the script on CPU)")
+        return 2
+
+    import triton
+
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (Triton interpreter)"
+    print(f"{name}  torch {torch.__version__}  triton {triton.__version__}")
+    print(HEADER)
+    rows, failures = [], []
     for dtype_name in args.dtypes.split(","):
-        dtype = getattr(torch, dtype_name)
-        for kind, shapes in (("prefill", PREFILL), ("decode", DECODE)):
-            for batch, q_heads, kv_heads, head_dim, kv_len in shapes:
-                try:
-                    row = _row(kind, batch, q_heads, kv_heads, head_dim, kv_len, dtype)
-                except Exception as err:  # keep going: one bad shape must not hide the others
-                    print(f"{kind:<8}{dtype_name:<9} B={batch} Lk={kv_len}: {type(err).__name__}: {err}")
-                    continue
-                rows.append(row)
-                print(f"{kind:<8}{row['dtype']:<9}{batch:>3}{q_heads:>4}{kv_heads:>4}{head_dim:>5}{kv_len:>7}"
-                      f"{row['ours_ms']:>10.3f}{row['sdpa_ms']:>10.3f}{row['sdpa_over_ours']:>10.2f}"
-                      f"{row['rate']:>8.1f} {row['unit']:<6}{row['max_abs_err_vs_sdpa']:>9.1e}")
+        dtype = getattr(torch, dtype_name.strip())
+        if device.type == "cpu" and dtype == torch.bfloat16:
+            print("bfloat16: skipped on CPU (the Triton interpreter's bf16 dot is wrong)")
+            continue
+        for shape in shapes:
+            try:
+                row = run_row(*shape, dtype, device, args.ref_gb)
+            except Exception as err:  # keep going: one bad shape must not hide the others
+                kind, batch, q_heads, kv_heads, head_dim, kv_len, _ = shape
+                message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                print(f"{kind:<13}{dtype_name:<9}{batch:>3}{q_heads:>4}{kv_heads:>4}{head_dim:>5}{kv_len:>7}  "
+                      f"FAILED {message}")
+                traceback.print_exc(file=sys.stderr)
+                failures.append({"shape": list(shape), "dtype": dtype_name, "error": message})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            rows.append(row)
+            print(_line(row), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=2))
-    return 0
+        Path(args.json).write_text(json.dumps({"device": name, "torch": torch.__version__,
+                                               "triton": triton.__version__, "rows": rows, "failures": failures},
+                                              indent=2))
+        print(f"wrote {args.json}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

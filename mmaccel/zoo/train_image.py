@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,8 @@ def quick_pope_accuracy(model: Any, processor: Any, seed: int, num_images: int =
     return correct / total
 
 
-def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, seed: int, eval_every: int) -> dict:
+def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, seed: int, eval_every: int,
+          save_every: int = 0) -> dict:
     """Train and save to ``out``; returns the run's summary (also written to ``out/training.json``)."""
     torch.manual_seed(seed)
     model, processor = build_shapes_image(seed)
@@ -147,11 +149,15 @@ def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, see
                 record["quick_pope_acc"] = quick_pope_accuracy(model, processor, seed=10_000 + step)
             history.append(record)
             print(json.dumps(record), flush=True)
+        if save_every and (step + 1) % save_every == 0 and step != steps - 1:
+            model.save_pretrained(out / "checkpoint")  # a long CPU run can be stopped without losing everything
     minutes = (time.time() - start) / 60
     final = quick_pope_accuracy(model, processor, seed=999_999, num_images=100)
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    if (out / "checkpoint").is_dir():
+        shutil.rmtree(out / "checkpoint")
     summary = {"steps": steps, "batch_size": batch_size, "turns": num_turns, "lr": lr, "seed": seed,
                "wall_minutes": round(minutes, 1), "quick_pope_acc_heldout": final,
                "parameters": sum(p.numel() for p in model.parameters()), "history": history}
@@ -169,11 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=500, help="steps between quick held-out checks (0: none)")
+    parser.add_argument("--save-every", type=int, default=100, help="steps between checkpoints in OUT/checkpoint")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    summary = train(Path(args.out), args.steps, args.batch_size, args.turns, args.lr, args.seed, args.eval_every)
+    summary = train(Path(args.out), args.steps, args.batch_size, args.turns, args.lr, args.seed, args.eval_every,
+                    args.save_every)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 

@@ -65,14 +65,15 @@ VICUNA_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
-# Qwen-style template of llava-hf/llava-onevision-qwen2.
+# ChatML template of llava-hf/llava-onevision-qwen2-*-hf: a turn's images first, back to back (``<image><image>``),
+# then its videos, then each text after a newline; no newline after ``<|im_end|>``.
 ONEVISION_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n"
-    "{% elif content['type'] == 'video' %}<video>\n"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% if message['content'] is string %}{{ '\\n' + message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}<image>{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}<video>{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}"
+    "{% endfor %}{% endif %}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -191,17 +192,20 @@ def build(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tup
 # (width, height) of each row's image; rows cycle. Anyres families get differently shaped tilings.
 _IMAGE_SIZES = [(40, 20), (24, 24), (20, 36)]
 VIDEO_FRAMES = 4
+# (frames, width, height) of each row's video: same frame count (the processors stack a batch), different sizes.
+_VIDEO_SHAPES = [(VIDEO_FRAMES, 24, 24), (VIDEO_FRAMES, 32, 20)]
 
 
 def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: str | None = None,
                   seed: int = 0) -> BatchFeature:
     """Chat-template prompts with one synthetic image or video per row; rows differ in text length and media.
 
-    Videos have 4 frames of 24x24 pixels (the LLaVA video processors stack a batch's videos into one tensor, so
-    every row of a batch has the same frame count; rows still differ in content and text length).
+    Images are 40x20, 24x24 and 20x36 pixels (rows cycle), so anyres families tile rows differently. Videos have
+    4 frames of 24x24 or 32x20 pixels: the LLaVA video processors stack a batch's videos into one tensor, so every
+    row of a batch has the same frame count (rows differ in content, size before resizing and text length).
     """
     modality = resolve_modality(family, modality, MODALITIES[family])
     texts = chat_prompts(processor, modality, batch_size)
-    media = row_media(modality, batch_size, seed, _IMAGE_SIZES, [(VIDEO_FRAMES, 24, 24)])
+    media = row_media(modality, batch_size, seed, _IMAGE_SIZES, _VIDEO_SHAPES)
     key = "images" if modality == "image" else "videos"
     return processor(text=texts, **{key: media}, return_tensors="pt", padding=True)
