@@ -93,6 +93,11 @@ class LlavaAdapter(ModelAdapter):
         """The vision tower ``model.model.vision_tower`` (the projector is ``model.model.multi_modal_projector``)."""
         return self.model.model.vision_tower
 
+    @property
+    def projector(self) -> nn.Module:
+        """The multimodal projector ``model.model.multi_modal_projector`` (vision features → LM hidden size)."""
+        return self.model.model.multi_modal_projector
+
     # -- per-item feature counts ----------------------------------------------------------------------------------
     def image_features_layout(self, **inputs: Any) -> list[torch.Tensor] | None:
         """One bool vector per image (batch order), as long as the image's features, ``True`` where the feature

@@ -9,6 +9,10 @@ Sizes: images are resized to 16x16 (patch 4 → a 4x4 grid, 16 tokens per base i
 images over ``image_grid_pinpoints`` of 16–32 pixels, so two differently shaped images give different token counts.
 Videos are 16x16 frames; NeXT-Video and OneVision pool each frame's 4x4 grid to 2x2 = 4 tokens per frame.
 Language model: hidden 64, 2 layers, 4 heads / 2 key-value heads, head_dim 16.
+
+Chat templates: LLaVA-1.5, NeXT and NeXT-Video use the Vicuna style of llava-hf (``USER: <image>\n... ASSISTANT:``;
+kept byte-identical because the trained ``shapes-image`` reference model uses it); OneVision uses llava-hf's ChatML
+template, which renders a turn's images back to back (``<|im_start|>user <image><image>\n...``).
 """
 
 from __future__ import annotations
