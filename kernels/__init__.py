@@ -1,5 +1,6 @@
 """mmaccel's kernels (installed as ``mmaccel.kernels``): one file per op, a Triton kernel beside a PyTorch reference
-with the same signature. Nothing here imports transformers."""
+with the same signature (the reference is the CPU path and the oracle in tests). Nothing here imports transformers,
+and triton is only imported on the first Triton call: ``import mmaccel.kernels`` works without it."""
 
 from .attention import BACKENDS, attention, attention_triton, triton_available
 from .attention_reference import attention_reference
