@@ -74,29 +74,39 @@ def bench_inputs(model_name: str, processor: Any, num_samples: int, batch_size: 
             family = model_name[len(TINY_PREFIX):]
             samples.append(sample_inputs(family, processor, batch_size=batch_size, modality=modality, seed=seed + i))
         elif model_name in reference_names():
-            samples.append(_shapes_world_inputs(processor, batch_size, seed + i))
+            samples.append(_shapes_world_inputs(model_name, processor, batch_size, seed + i))
         else:
             samples.append(_generic_inputs(processor, batch_size, modality or "image", seed + i))
     return samples
 
 
-def _shapes_world_inputs(processor: Any, batch_size: int, seed: int) -> Any:
-    """Questions about fresh shapes-world scenes, for the reference models trained on that world."""
+def _shapes_world_inputs(model_name: str, processor: Any, batch_size: int, seed: int) -> Any:
+    """Questions about fresh shapes-world scenes (or videos, for ``shapes-video``), for the reference models."""
     import numpy as np
 
-    from .zoo.world import render_scene, sample_scene
+    from .zoo.world import render_scene, render_video, sample_scene, sample_video
+    from .zoo.world.tasks import CAPTION_PROMPT, SHORT_ANSWER_PROMPT
+    from .zoo.world.video_tasks import video_questions, videomme_prompt
 
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng) for _ in range(batch_size)]
-    size = processor.image_processor.crop_size["height"]
-    images = [render_scene(scene, size=size, seed=seed) for scene in scenes]
-    questions = ["Describe the image." if row % 2 else
-                 f"Is there a {sorted(scenes[row].shapes_present())[0]} in the image?\n"
-                 "Answer the question using a single word or phrase." for row in range(batch_size)]
-    prompts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                                                            {"type": "text", "text": q}]}],
-                                             add_generation_prompt=True) for q in questions]
-    return processor(text=prompts, images=images, return_tensors="pt", padding=True)
+    if model_name == "shapes-video":
+        size = processor.video_processor.crop_size["height"]
+        videos = [sample_video(rng) for _ in range(batch_size)]
+        questions = [video_questions(video, rng, count=1)[0] for video in videos]
+        texts = [videomme_prompt(q.question, q.options) for q in questions]
+        media = {"videos": [render_video(video, size=size, seed=seed) for video in videos]}
+        kind = "video"
+    else:
+        size = processor.image_processor.crop_size["height"]
+        scenes = [sample_scene(rng) for _ in range(batch_size)]
+        texts = [CAPTION_PROMPT if row % 2 else f"Is there a {sorted(scenes[row].shapes_present())[0]} in the "
+                 f"image?{SHORT_ANSWER_PROMPT}" for row in range(batch_size)]
+        media = {"images": [render_scene(scene, size=size, seed=seed) for scene in scenes]}
+        kind = "image"
+    prompts = [processor.apply_chat_template([{"role": "user", "content": [{"type": kind},
+                                                                            {"type": "text", "text": text}]}],
+                                             add_generation_prompt=True) for text in texts]
+    return processor(text=prompts, return_tensors="pt", padding=True, **media)
 
 
 def _generic_inputs(processor: Any, batch_size: int, modality: str, seed: int) -> Any:

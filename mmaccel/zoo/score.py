@@ -1,11 +1,17 @@
-"""A minimal POPE scorer for the reference models' model cards, until the full eval harness lands in ``eval/``.
+"""Minimal POPE and Video-MME scorers for the reference models' model cards, until the full eval harness lands in
+``eval/``.
 
-Reads the POPE-layout parquet files that ``mmaccel.zoo.world.build`` writes, asks each question with lmms-eval's
-POPE prompt (greedy), parses answers the lmms-eval way (exact match after lowercasing and stripping) and reports,
-per split: accuracy, precision, recall and F1 of "yes", the share of predictions that are "yes", and the
+POPE: reads the POPE-layout parquet files that ``mmaccel.zoo.world.build`` writes, asks each question with
+lmms-eval's POPE prompt (greedy), parses answers the lmms-eval way (exact match after lowercasing and stripping) and
+reports, per split: accuracy, precision, recall and F1 of "yes", the share of predictions that are "yes", and the
 false-positive rate on absent objects (the room contrastive decoding has to work with).
 
-``python -m mmaccel.zoo.score --model shapes-image --data data/shapes/POPE``
+Video-MME: reads the Video-MME-layout set, samples ``--frames`` frames uniformly as lmms-eval does
+(``np.linspace(0, n - 1, k, dtype=int)``, decoded with PyAV), asks with lmms-eval's prompt, takes the first A-D of
+the answer, and reports accuracy overall, per duration and per task type (denominator: all questions).
+
+``python -m mmaccel.zoo.score pope --model shapes-image --data data/shapes/POPE``
+``python -m mmaccel.zoo.score videomme --model shapes-video --data data/shapes/Video-MME``
 """
 
 from __future__ import annotations
@@ -13,14 +19,18 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-POPE_POST_PROMPT = "\nAnswer the question using a single word or phrase."
+from .world.tasks import SHORT_ANSWER_PROMPT
+from .world.video_tasks import videomme_prompt
 
 
 def pope_metrics(predictions: list[str], answers: list[str]) -> dict[str, float]:
@@ -52,7 +62,7 @@ def answer_questions(model: Any, processor: Any, rows: list[dict], batch_size: i
         chunk = rows[start:start + batch_size]
         prompts = []
         for row in chunk:
-            content = [{"type": "image"}, {"type": "text", "text": row["question"].strip() + POPE_POST_PROMPT}]
+            content = [{"type": "image"}, {"type": "text", "text": row["question"].strip() + SHORT_ANSWER_PROMPT}]
             prompts.append(processor.apply_chat_template([{"role": "user", "content": content}],
                                                          add_generation_prompt=True))
         images = [Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB") for row in chunk]
@@ -73,17 +83,58 @@ def score_pope(model: Any, processor: Any, folder: Path, limit: int | None = Non
     return results
 
 
+def first_letter(text: str) -> str:
+    """The first of A-D in ``text`` ("" if none): what Video-MME's extraction finds in a short answer."""
+    match = re.search(r"[ABCD]", text)
+    return match.group(0) if match else ""
+
+
+def read_frames(path: Path, count: int) -> np.ndarray:
+    """``count`` frames of the video at ``path``, sampled uniformly with both ends included, as lmms-eval does."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    return np.stack([frames[i] for i in np.linspace(0, len(frames) - 1, count, dtype=int)])
+
+
+@torch.no_grad()
+def score_videomme(model: Any, processor: Any, folder: Path, frames: int = 8,
+                   limit: int | None = None) -> dict[str, Any]:
+    """Accuracy of a Video-MME-layout folder, overall, per duration and per task type."""
+    rows = pq.read_table(next((folder / "videomme").glob("*.parquet"))).to_pylist()[:limit]
+    device = next(model.parameters()).device
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for row in rows:
+        video = read_frames(folder / "data" / f"{row['videoID']}.mp4", frames)
+        content = [{"type": "video"}, {"type": "text", "text": videomme_prompt(row["question"], row["options"])}]
+        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        inputs = processor(text=[prompt], videos=[video], return_tensors="pt").to(device)
+        out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+        answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        right = first_letter(answer) == row["answer"]
+        for key in ("overall", f"duration/{row['duration']}", f"task/{row['task_type']}"):
+            groups[key].append(right)
+    return {key: {"accuracy": sum(values) / len(values), "n": len(values)} for key, values in sorted(groups.items())}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line of the scorer."""
+    """Command line of the scorers."""
     from ..models import load_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="shapes-image")
-    parser.add_argument("--data", required=True, help="a POPE-layout folder")
-    parser.add_argument("--limit", type=int, help="questions per split")
+    parser.add_argument("task", choices=["pope", "videomme"])
+    parser.add_argument("--model", help="default: shapes-image for pope, shapes-video for videomme")
+    parser.add_argument("--data", required=True, help="a POPE- or Video-MME-layout folder")
+    parser.add_argument("--limit", type=int, help="questions (per split for POPE)")
+    parser.add_argument("--frames", type=int, default=8, help="frames sampled per video")
     args = parser.parse_args(argv)
-    model, processor = load_model(args.model)
-    print(json.dumps(score_pope(model, processor, Path(args.data), args.limit), indent=2))
+    model, processor = load_model(args.model or ("shapes-image" if args.task == "pope" else "shapes-video"))
+    if args.task == "pope":
+        result: dict = score_pope(model, processor, Path(args.data), args.limit)
+    else:
+        result = score_videomme(model, processor, Path(args.data), args.frames, args.limit)
+    print(json.dumps(result, indent=2))
     return 0
 
 

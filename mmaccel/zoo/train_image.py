@@ -8,7 +8,14 @@ multi-turn conversations in LLaVA-1.5's format, one image per conversation::
 
 The loss is on answer tokens only. Questions mix existence (balanced yes/no, negatives drawn uniformly among absent
 shapes, so the theme priors survive, as in real instruction data), colour, count and position yes/no questions and
-captions. The run is deterministic for a given seed and step count.
+captions.
+
+Language-model loss alone teaches the language prior fast and vision slowly: a from-scratch vision tower gets a few
+answer tokens of signal per image. So training adds two auxiliary per-patch losses, discarded afterwards (see
+:class:`PatchProbe`): one teaches the tower what is where (exact labels from
+:func:`~mmaccel.zoo.world.patch_labels`), the other aligns the projected visual tokens with the language model's
+embeddings of the shape and colour words. The saved model is a plain ``LlavaForConditionalGeneration``.
+The run is deterministic for a given seed and step count.
 """
 
 from __future__ import annotations
@@ -16,8 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
-import time
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,78 +31,129 @@ import numpy as np
 import torch
 
 from .reference import build_shapes_image
-from .world import SHAPES, Scene, render_scene, sample_scene
-from .world.tasks import MME_SUFFIX, caption, mme_pair
-
-POST_PROMPT = "\nAnswer the question using a single word or phrase."
-CAPTION_PROMPT = "Describe the image."
+from .training import answer_positions, encode_conversation, pad_right, save_model, train_loop
+from .world import COLOURS, SHAPES, Scene, patch_labels, render_scene, sample_scene
+from .world.tasks import SHORT_ANSWER_PROMPT, image_qa_turns
 
 
-def training_turns(scene: Scene, rng: np.random.Generator, num_turns: int) -> list[tuple[str, str]]:
-    """``num_turns`` (question, answer) pairs about ``scene``; yes/no answers lowercase, as POPE's are."""
-    turns: list[tuple[str, str]] = []
-    while len(turns) < num_turns:
-        kind = rng.choice(["existence", "existence", "color", "count", "position", "caption"])
-        if kind == "caption":
-            turns.append((CAPTION_PROMPT, caption(scene)))
-            continue
-        if kind == "existence":
-            present = sorted(scene.shapes_present())
-            absent = [s for s in SHAPES if s not in present]
-            shape, answer = (rng.choice(present), "yes") if rng.random() < 0.5 else (rng.choice(absent), "no")
-            turns.append((f"Is there a {shape} in the image?" + POST_PROMPT, answer))
-            continue
-        pair = mme_pair(scene, str(kind), rng)
-        if pair is None:
-            continue
-        question, answer = pair[int(rng.integers(2))]
-        turns.append((question.removesuffix(MME_SUFFIX) + POST_PROMPT, answer.lower()))
-    return turns
-
-
-def encode_conversation(tokenizer: Any, turns: list[tuple[str, str]], image_tokens: int) -> tuple[list[int],
-                                                                                                    list[int]]:
-    """Token ids and labels (``-100`` except on answers and their ``</s>``) of one conversation."""
-    def text(value: str) -> list[int]:
-        return tokenizer(value, add_special_tokens=False)["input_ids"]
-
-    ids = text("USER: ") + [tokenizer.image_token_id] * image_tokens
-    labels = [-100] * len(ids)
-    for index, (question, answer) in enumerate(turns):
-        prompt = text(("\n" if index == 0 else " USER: ") + question + " ASSISTANT:")
-        reply = text(" " + answer) + [tokenizer.eos_token_id]
-        ids += prompt + reply
-        labels += [-100] * len(prompt) + reply
-    return ids, labels
+def patch_targets(scene: Scene, size: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch shape and colour classes (0: background, else 1 + index in SHAPES / COLOURS), row-major."""
+    objects = patch_labels(scene, size, patch).reshape(-1)
+    shape_of = np.array([0] + [1 + SHAPES.index(o.shape) for o in scene.objects])
+    colour_of = np.array([0] + [1 + list(COLOURS).index(o.colour) for o in scene.objects])
+    return shape_of[objects], colour_of[objects]
 
 
 def make_batch(processor: Any, rng: np.random.Generator, batch_size: int, num_turns: int,
                image_tokens: int) -> dict[str, torch.Tensor]:
-    """A right-padded training batch of fresh scenes."""
+    """A right-padded training batch of fresh scenes, with per-patch ``shape_targets`` and ``colour_targets``."""
     tokenizer = processor.tokenizer
-    images, sequences = [], []
-    for _ in range(batch_size):
+    size = processor.image_processor.crop_size["height"]
+    patch = size // math.isqrt(image_tokens)
+    images, sequences, shapes, colours, presence, answers = [], [], [], [], [], []
+    for row in range(batch_size):
         scene = sample_scene(rng)
-        images.append(render_scene(scene, size=processor.image_processor.crop_size["height"],
-                                   seed=int(rng.integers(2**31))))
-        sequences.append(encode_conversation(tokenizer, training_turns(scene, rng, num_turns), image_tokens))
-    length = max(len(ids) for ids, _ in sequences)
-    input_ids = torch.full((batch_size, length), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((batch_size, length), -100, dtype=torch.long)
-    attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
-    for row, (ids, labs) in enumerate(sequences):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, :len(labs)] = torch.tensor(labs)
-        attention_mask[row, :len(ids)] = 1
+        images.append(render_scene(scene, size=size, seed=int(rng.integers(2**31))))
+        turns = image_qa_turns(scene, rng, num_turns)
+        sequences.append(encode_conversation(tokenizer, turns, image_tokens))
+        shape_target, colour_target = patch_targets(scene, size, patch)
+        shapes.append(shape_target)
+        colours.append(colour_target)
+        presence.append([float(s in scene.shapes_present()) for s in SHAPES])
+        for position, (question, _) in zip(answer_positions(sequences[-1][1]), turns, strict=True):
+            asked = _EXISTENCE.match(question)
+            answers.append((row, position, SHAPES.index(asked.group(1)) if asked else -100))
     pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "pixel_values": pixel_values}
+    return {**pad_right(sequences, tokenizer.pad_token_id), "pixel_values": pixel_values,
+            "shape_targets": torch.from_numpy(np.stack(shapes)).long(),
+            "colour_targets": torch.from_numpy(np.stack(colours)).long(),
+            "presence": torch.tensor(presence), "answers": torch.tensor(answers)}
 
 
-@torch.no_grad()
+_EXISTENCE = re.compile(r"^Is there a (\w+) in the image\?")
+
+
+class AnswerProbe(torch.nn.Module):
+    """Deep supervision of the two facts an existence answer combines, at the position that predicts each answer,
+    read from the language model's hidden state after layer ``layer`` (the later layers are left to combine them):
+    which shape the question asks about (existence questions only), and which shapes the image holds (every
+    answer). Without it the model sits on a long plateau where neither fact reaches the answer position."""
+
+    def __init__(self, model: Any, layer: int = 2) -> None:
+        super().__init__()
+        hidden = model.config.text_config.hidden_size
+        self.layer = layer
+        self.asked = torch.nn.Linear(hidden, len(SHAPES))
+        self.present = torch.nn.Linear(hidden, len(SHAPES))
+
+    def losses(self, hidden_states: tuple[torch.Tensor, ...], answers: torch.Tensor,
+               presence: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the asked shape and binary cross-entropy of each shape's presence."""
+        rows, positions, asked = answers.unbind(-1)
+        states = hidden_states[self.layer][rows, positions].float()
+        return {
+            "asked_loss": torch.nn.functional.cross_entropy(self.asked(states), asked, ignore_index=-100),
+            "present_loss": torch.nn.functional.binary_cross_entropy_with_logits(self.present(states),
+                                                                                  presence[rows]),
+        }
+
+
+class PatchProbe(torch.nn.Module):
+    """The auxiliary losses, through forward hooks on the projector (nothing of it is saved with the model).
+
+    - ``patch_loss``: a linear head on the features the projector receives predicts each patch's shape and colour
+      class, so the vision tower learns what is where.
+    - ``align_loss``: each projected visual token, scored against the language model's own input embeddings of the
+      shape words (" circle", ...) and colour words (" red", ...) plus a learned background vector, predicts the same
+      classes. This is what LLaVA's alignment stage gives a projector: visual tokens that "speak" the words a question
+      uses, so that a question's shape word can find its patches by attention.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        super().__init__()
+        hidden = model.config.vision_config.hidden_size
+        self.head = torch.nn.Linear(hidden, 2 * (1 + len(SHAPES)))
+        self.embeddings = model.get_input_embeddings()
+        self.shape_words = torch.tensor([_single_token(tokenizer, " " + s) for s in SHAPES])
+        self.colour_words = torch.tensor([_single_token(tokenizer, " " + c) for c in COLOURS])
+        text_hidden = model.config.text_config.hidden_size
+        self.background = torch.nn.Parameter(torch.zeros(2, text_hidden))
+        self.logit_scale = torch.nn.Parameter(torch.tensor(0.0))
+        self.features: torch.Tensor | None = None
+        self.projected: torch.Tensor | None = None
+        self.hook = model.model.multi_modal_projector.register_forward_hook(self._capture)
+
+    def _capture(self, module: Any, inputs: tuple, output: Any) -> None:
+        self.features, self.projected = inputs[0], output
+
+    def _word_logits(self, words: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+        classes = torch.cat([background[None], self.embeddings(words)])  # (1 + K, hidden)
+        tokens = torch.nn.functional.normalize(self.projected.float(), dim=-1)
+        return tokens @ torch.nn.functional.normalize(classes.float(), dim=-1).T * (10 * self.logit_scale.exp())
+
+    def losses(self, shape_targets: torch.Tensor, colour_targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both auxiliary losses for the last forward pass."""
+        def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+        shape_logits, colour_logits = self.head(self.features).float().chunk(2, dim=-1)
+        return {
+            "patch_loss": cross_entropy(shape_logits, shape_targets) + cross_entropy(colour_logits, colour_targets),
+            "align_loss": cross_entropy(self._word_logits(self.shape_words, self.background[0]), shape_targets)
+            + cross_entropy(self._word_logits(self.colour_words, self.background[1]), colour_targets),
+        }
+
+
+def _single_token(tokenizer: Any, word: str) -> int:
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{word!r} is not one token in this tokenizer: {ids}")
+    return ids[0]
+
+
 def quick_pope_accuracy(model: Any, processor: Any, seed: int, num_images: int = 40) -> float:
     """Accuracy on balanced existence questions about held-out scenes (a minimal scorer, exact-match parse)."""
     rng = np.random.default_rng(seed)
-    model.eval()
     correct = total = 0
     for _ in range(num_images):
         scene = sample_scene(rng)
@@ -104,64 +161,47 @@ def quick_pope_accuracy(model: Any, processor: Any, seed: int, num_images: int =
         present = sorted(scene.shapes_present())
         absent = [s for s in SHAPES if s not in present]
         for shape, truth in ((rng.choice(present), "yes"), (rng.choice(absent), "no")):
-            content = [{"type": "image"}, {"type": "text", "text": f"Is there a {shape} in the image?" + POST_PROMPT}]
+            question = f"Is there a {shape} in the image?" + SHORT_ANSWER_PROMPT
+            content = [{"type": "image"}, {"type": "text", "text": question}]
             prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
             inputs = processor(text=[prompt], images=[image], return_tensors="pt")
-            out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
             answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
             correct += answer.strip().lower() == truth
             total += 1
-    model.train()
     return correct / total
 
 
 def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, seed: int, eval_every: int,
-          save_every: int = 0) -> dict:
+          save_every: int = 0, aux_weight: float = 1.0) -> dict:
     """Train and save to ``out``; returns the run's summary (also written to ``out/training.json``)."""
     torch.manual_seed(seed)
     model, processor = build_shapes_image(seed)
     image_tokens = model.config.image_seq_length
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
+    probe = PatchProbe(model, processor.tokenizer)
+    answer_probe = AnswerProbe(model)
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    def losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        shape_targets, colour_targets = batch.pop("shape_targets"), batch.pop("colour_targets")
+        answers, presence = batch.pop("answers"), batch.pop("presence")
+        output = model(**batch, output_hidden_states=True)
+        aux = {**probe.losses(shape_targets, colour_targets),
+               **answer_probe.losses(output.hidden_states, answers, presence)}
+        return {"loss": output.loss, **{k: aux_weight * v for k, v in aux.items()}}
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model.train()
-    history = []
-    start = time.time()
-    for step in range(steps):
-        batch = make_batch(processor, rng, batch_size, num_turns, image_tokens)
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        evaluate = bool(eval_every) and (step + 1) % eval_every == 0
-        if step % 25 == 0 or step == steps - 1 or evaluate:
-            record = {"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - start) / 60, 2)}
-            if evaluate:
-                record["quick_pope_acc"] = quick_pope_accuracy(model, processor, seed=10_000 + step)
-            history.append(record)
-            print(json.dumps(record), flush=True)
-        if save_every and (step + 1) % save_every == 0 and step != steps - 1:
-            model.save_pretrained(out / "checkpoint")  # a long CPU run can be stopped without losing everything
-    minutes = (time.time() - start) / 60
+    history, minutes = train_loop(
+        model, list(model.parameters()) + list(probe.parameters()) + list(answer_probe.parameters()),
+        lambda: make_batch(processor, rng, batch_size, num_turns, image_tokens), losses, steps=steps, lr=lr, out=out,
+        evaluate=lambda step: {"quick_pope_acc": quick_pope_accuracy(model, processor, seed=10_000 + step)},
+        eval_every=eval_every, save_every=save_every)
+    probe.hook.remove()
     final = quick_pope_accuracy(model, processor, seed=999_999, num_images=100)
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    if (out / "checkpoint").is_dir():
-        shutil.rmtree(out / "checkpoint")
     summary = {"steps": steps, "batch_size": batch_size, "turns": num_turns, "lr": lr, "seed": seed,
-               "wall_minutes": round(minutes, 1), "quick_pope_acc_heldout": final,
+               "aux_weight": aux_weight, "wall_minutes": round(minutes, 1), "quick_pope_acc_heldout": final,
                "parameters": sum(p.numel() for p in model.parameters()), "history": history}
-    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    save_model(model, processor, out, summary)
     return summary
 
 
@@ -171,17 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="where to save the model (save_pretrained layout)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--turns", type=int, default=4, help="questions per conversation")
+    parser.add_argument("--turns", type=int, default=8, help="questions per conversation")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=500, help="steps between quick held-out checks (0: none)")
     parser.add_argument("--save-every", type=int, default=100, help="steps between checkpoints in OUT/checkpoint")
+    parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-patch auxiliary losses")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     summary = train(Path(args.out), args.steps, args.batch_size, args.turns, args.lr, args.seed, args.eval_every,
-                    args.save_every)
+                    args.save_every, args.aux_weight)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 

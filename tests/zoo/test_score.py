@@ -20,3 +20,10 @@ def test_pope_metrics_by_hand():
 def test_zero_denominators_give_zero():
     m = pope_metrics(["no", "no"], ["no", "no"])
     assert m["precision"] == m["recall"] == m["f1"] == 0.0 and m["accuracy"] == 1.0
+
+
+def test_first_letter():
+    from mmaccel.zoo.score import first_letter
+
+    assert first_letter(" B") == "B" and first_letter("The answer is C.") == "C"
+    assert first_letter("(D) ring") == "D" and first_letter("none") == ""

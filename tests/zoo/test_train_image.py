@@ -4,17 +4,19 @@ import numpy as np
 import torch
 
 from mmaccel.zoo.reference import IMAGE_SIZE, shapes_image_config, shapes_image_processor
-from mmaccel.zoo.train_image import POST_PROMPT, encode_conversation, make_batch, training_turns
+from mmaccel.zoo.train_image import make_batch
+from mmaccel.zoo.training import encode_conversation
 from mmaccel.zoo.world import sample_scene
+from mmaccel.zoo.world.tasks import SHORT_ANSWER_PROMPT, image_qa_turns
 
 
 def test_first_turn_is_the_evaluation_prompt_token_for_token():
     processor = shapes_image_processor()
-    question = "Is there a star in the image?" + POST_PROMPT
+    question = "Is there a star in the image?" + SHORT_ANSWER_PROMPT
     content = [{"type": "image"}, {"type": "text", "text": question}]
     prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     inputs = processor(text=[prompt], images=[np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)], return_tensors="pt")
-    ids, labels = encode_conversation(processor.tokenizer, [(question, "yes")], image_tokens=256)
+    ids, labels = encode_conversation(processor.tokenizer, [(question, "yes")], media_tokens=256)
     prompt_len = inputs["input_ids"].shape[1]
     assert ids[:prompt_len] == inputs["input_ids"][0].tolist()
     assert all(label == -100 for label in labels[:prompt_len])
@@ -23,8 +25,8 @@ def test_first_turn_is_the_evaluation_prompt_token_for_token():
 
 def test_turns_are_deterministic_and_true():
     scene = sample_scene(np.random.default_rng(3))
-    turns = training_turns(scene, np.random.default_rng(4), 12)
-    assert turns == training_turns(scene, np.random.default_rng(4), 12)
+    turns = image_qa_turns(scene, np.random.default_rng(4), 12)
+    assert turns == image_qa_turns(scene, np.random.default_rng(4), 12)
     for question, answer in turns:
         if question.startswith("Is there a ") and " in the image?" in question and len(question.split()) == 7:
             shape = question.split()[3]

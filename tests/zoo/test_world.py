@@ -5,7 +5,17 @@ import io
 import numpy as np
 import pytest
 
-from mmaccel.zoo.world import COLOURS, SHAPES, THEMES, render_scene, render_video, sample_scene, sample_video
+from mmaccel.zoo.world import (
+    COLOURS,
+    SHAPES,
+    THEMES,
+    patch_labels,
+    render_labels,
+    render_scene,
+    render_video,
+    sample_scene,
+    sample_video,
+)
 from mmaccel.zoo.world.scenes import MIN_SEPARATION
 
 
@@ -70,3 +80,32 @@ def test_video_frames_follow_the_timeline():
     assert kinds.count("appear") == len(video.tracks)
     assert [e["frame"] for e in video.events()] == sorted(e["frame"] for e in video.events())
     assert render_video(video, size=32).shape == (12, 32, 32, 3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_label_maps_mark_the_pixels_each_object_paints(seed):
+    scene = sample_scene(np.random.default_rng(seed), min_objects=2, max_objects=4)
+    labels = render_labels(scene, size=96)
+    image = np.asarray(render_scene(scene, size=96, seed=seed), dtype=np.float32)
+    assert labels.shape == (96, 96) and set(np.unique(labels)) <= set(range(len(scene.objects) + 1))
+    for index, obj in enumerate(scene.objects, start=1):
+        mask = labels == index
+        assert mask.any()  # overlap never hides an object
+        mean = image[mask].mean(0)
+        assert np.abs(mean - np.array(COLOURS[obj.colour])).max() < 3 * scene.background.noise + 25
+    grid = patch_labels(scene, size=96, patch=8)
+    assert grid.shape == (12, 12)
+    assert set(np.unique(grid)) - {0} <= set(range(1, len(scene.objects) + 1))
+
+
+def test_long_videos_hold_each_state_so_uniform_sampling_sees_them_all():
+    video = sample_video(np.random.default_rng(3), num_frames=8)
+    short = render_video(video, size=32, seed=1)
+    long = render_video(video, size=32, seed=1, num_frames=32)
+    assert long.shape == (32, 32, 32, 3)
+    for frame, state in zip(np.linspace(0, 31, 8, dtype=int), range(8), strict=True):
+        assert frame // 4 == state
+        # same state, other noise: equal up to the pixel noise
+        assert np.abs(long[frame].astype(int) - short[state].astype(int)).mean() < 3 * video.background.noise
+    with pytest.raises(ValueError, match="multiple"):
+        render_video(video, size=32, num_frames=12)

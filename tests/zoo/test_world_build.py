@@ -1,4 +1,5 @@
-"""Shapes-world evaluation sets: deterministic, and in the exact column layouts of lmms-lab/POPE and lmms-lab/MME."""
+"""Shapes-world evaluation sets: deterministic, and in the exact column layouts of lmms-lab/POPE, lmms-lab/MME and
+lmms-lab/Video-MME."""
 
 import io
 from collections import defaultdict
@@ -9,11 +10,13 @@ import pytest
 from PIL import Image
 
 from mmaccel.zoo.world import sample_scene
-from mmaccel.zoo.world.build import build_mme, build_pope
+from mmaccel.zoo.world.build import DURATION_FRAMES, build_mme, build_pope, build_videomme
 from mmaccel.zoo.world.tasks import POPE_SPLITS, caption, mme_pair, pope_negatives, shape_statistics
 
 POPE_COLUMNS = ["id", "question_id", "question", "answer", "image_source", "category", "image"]
 MME_COLUMNS = ["question_id", "image", "question", "answer", "category"]
+VIDEOMME_COLUMNS = ["video_id", "duration", "domain", "sub_category", "url", "videoID", "question_id", "task_type",
+                    "question", "options", "answer"]
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +24,7 @@ def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     build_pope(root / "POPE", num_images=20, seed=5, size=48)
     build_mme(root / "MME", images_per_category=6, seed=6, size=48)
+    build_videomme(root / "Video-MME", videos_per_duration=2, seed=7, size=32)
     return root
 
 
@@ -86,3 +90,25 @@ def test_mme_answers_are_true_of_the_scene():
         colour_yes = mme_pair(scene, "color", rng)[0][0].split("Is there a ")[1].split(" in")[0].split(" ")
         assert any((o.colour, o.shape) == tuple(colour_yes) for o in scene.objects)
         assert caption(scene).count(". ") == len(scene.objects) - 1
+
+
+def test_videomme_layout_and_videos(sets, tmp_path):
+    av = pytest.importorskip("av")
+    root = sets / "Video-MME"
+    table = pq.read_table(root / "videomme" / "test-00000-of-00001.parquet")
+    assert table.column_names == VIDEOMME_COLUMNS
+    rows = table.to_pylist()
+    assert {row["duration"] for row in rows} == set(DURATION_FRAMES)
+    assert len({row["question_id"] for row in rows}) == len(rows)
+    for row in rows:
+        assert row["question_id"].startswith(row["video_id"] + "-")
+        assert [option[:3] for option in row["options"]] == ["A. ", "B. ", "C. ", "D. "]
+        assert row["answer"] in "ABCD" and len(row["answer"]) == 1
+    for row in rows[::3]:
+        with av.open(str(root / "data" / f"{row['videoID']}.mp4")) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        assert len(frames) == DURATION_FRAMES[row["duration"]] and frames[0].shape == (32, 32, 3)
+    build_videomme(tmp_path, videos_per_duration=2, seed=7, size=32)
+    assert pq.read_table(tmp_path / "videomme" / "test-00000-of-00001.parquet").equals(table)
+    first = rows[0]["videoID"] + ".mp4"
+    assert (tmp_path / "data" / first).read_bytes() == (root / "data" / first).read_bytes()

@@ -17,6 +17,7 @@ template, which renders a turn's images back to back (``<|im_start|>user <image>
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -81,12 +82,12 @@ ONEVISION_TEMPLATE = (
 )
 
 
-def vicuna_tokenizer() -> Any:
+def vicuna_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 0) -> Any:
     """Byte-level tokenizer with LLaVA-1.5's special tokens (``<s>``, ``</s>``, ``<image>``, ``<video>``) and its
-    Vicuna chat template."""
+    Vicuna chat template; with BPE merges trained on ``corpus`` when given."""
     return build_byte_tokenizer(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
                                 extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-                                chat_template=VICUNA_TEMPLATE)
+                                chat_template=VICUNA_TEMPLATE, corpus=corpus, vocab_size=vocab_size)
 
 
 def llava_1_5_processor(tokenizer: Any, image_size: int, patch_size: int) -> LlavaProcessor:

@@ -1,8 +1,11 @@
-"""A byte-level tokenizer built in code, so tiny models get real tokenization with no download."""
+"""Tokenizers built in code, so models get real tokenization with no download: byte-level with no merges (the tiny
+models), or byte-level BPE trained on a given corpus (the shapes-world reference models)."""
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 
@@ -16,8 +19,11 @@ def build_byte_tokenizer(
     additional_special_tokens: list[str] | None = None,
     chat_template: str | None = None,
     padding_side: str = "left",
+    corpus: Iterable[str] | None = None,
+    vocab_size: int = 0,
 ) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with no merges (every byte is a token) plus the given special tokens.
+    """A byte-level BPE tokenizer plus the given special tokens: with no merges (every byte is a token), or, given a
+    ``corpus``, with merges trained on it up to ``vocab_size`` (deterministic for the same corpus).
 
     ``extra_special_tokens`` maps attribute names to tokens (``{"image_token": "<image>"}`` gives
     ``tokenizer.image_token`` and ``tokenizer.image_token_id``), as the families' processors expect.
@@ -27,6 +33,10 @@ def build_byte_tokenizer(
     backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
+    if corpus is not None:
+        backend.model = models.BPE()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet, show_progress=False)
+        backend.train_from_iterator(corpus, trainer)
     named = {"eos_token": eos_token, "pad_token": pad_token}
     if bos_token is not None:
         named["bos_token"] = bos_token

@@ -7,6 +7,13 @@
     <out>/POPE/scenes.jsonl                                              (ground truth: objects, caption)
     <out>/MME/data/test-00000-of-00001.parquet                           (lmms-lab/MME)
     <out>/MME/scenes.jsonl
+    <out>/Video-MME/videomme/test-00000-of-00001.parquet                 (lmms-lab/Video-MME, config "videomme")
+    <out>/Video-MME/data/<videoID>.mp4                                   (the unpacked video zips)
+    <out>/Video-MME/videos.jsonl                                         (ground truth: tracks and timeline)
+
+Video durations are frame counts (short 8, medium 16, long 32 frames at 4 fps) over 8-state timelines, each state
+held for 1, 2 or 4 frames: lmms-eval's uniform sampler at 8 frames sees every state of every video. Writing videos
+needs PyAV (``pip install av``).
 
 Images are embedded as ``{"bytes": <PNG>, "path": <name>}`` structs, as the Hugging Face datasets store them.
 Same arguments, same bytes.
@@ -23,10 +30,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .scenes import Scene, render_scene, sample_scene
+from .scenes import WORLD_SIZE, Scene, render_scene, sample_scene
 from .tasks import MME_CATEGORIES, POPE_SPLITS, caption, mme_pair, pope_rows
+from .video_tasks import VIDEO_QUESTION_KINDS, video_question, video_questions
+from .videos import render_video, sample_video
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+#: Frames per video of each Video-MME duration; every video has ``VIDEO_STATES`` states on its timeline.
+DURATION_FRAMES = {"short": 8, "medium": 16, "long": 32}
+VIDEO_STATES = 8
+VIDEO_FPS = 4
 
 
 def png_bytes(scene: Scene, size: int, seed: int) -> bytes:
@@ -36,12 +49,33 @@ def png_bytes(scene: Scene, size: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def _write_table(rows: list[dict], path: Path, image_column: bool = True) -> None:
+def mp4_bytes(frames: np.ndarray, fps: int = VIDEO_FPS) -> bytes:
+    """``(T, H, W, 3)`` uint8 frames as an H.264 MP4 (lossless, 4:4:4 chroma, so colours stay exact; one encoder
+    thread, so the bytes are reproducible)."""
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError("writing the Video-MME-layout set needs PyAV: pip install av") from error
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"qp": "0", "preset": "medium"})
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv444p"
+        stream.thread_count = 1
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def _write_table(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
-    arrays = {key: pa.array(values, type=IMAGE_TYPE if key == "image" else pa.string())
-              for key, values in columns.items()}
-    pq.write_table(pa.table(arrays), path)
+
+    def arrow_type(key: str) -> pa.DataType:
+        return IMAGE_TYPE if key == "image" else pa.list_(pa.string()) if key == "options" else pa.string()
+
+    pq.write_table(pa.table({key: pa.array(values, type=arrow_type(key)) for key, values in columns.items()}), path)
 
 
 def _write_scenes(scenes: list[Scene], names: list[str], path: Path) -> None:
@@ -50,7 +84,7 @@ def _write_scenes(scenes: list[Scene], names: list[str], path: Path) -> None:
             handle.write(json.dumps({"image": name, "caption": caption(scene), **scene.to_dict()}) + "\n")
 
 
-def build_pope(out: Path, num_images: int, seed: int, size: int = 64) -> dict[str, int]:
+def build_pope(out: Path, num_images: int, seed: int, size: int = WORLD_SIZE) -> dict[str, int]:
     """Write the POPE-layout set; returns rows per split."""
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(num_images)]
@@ -72,7 +106,7 @@ def build_pope(out: Path, num_images: int, seed: int, size: int = 64) -> dict[st
     return {split: len(rows[split]) for split in POPE_SPLITS}
 
 
-def build_mme(out: Path, images_per_category: int, seed: int, size: int = 64) -> dict[str, int]:
+def build_mme(out: Path, images_per_category: int, seed: int, size: int = WORLD_SIZE) -> dict[str, int]:
     """Write the MME-layout set (existence, count, position, color; two questions per image)."""
     rng = np.random.default_rng(seed)
     table, scenes, names = [], [], []
@@ -98,6 +132,39 @@ def build_mme(out: Path, images_per_category: int, seed: int, size: int = 64) ->
     return counts
 
 
+def build_videomme(out: Path, videos_per_duration: int, seed: int, size: int = WORLD_SIZE) -> dict[str, int]:
+    """Write the Video-MME-layout set: three questions of different kinds per video, the first kind taken in turn
+    (a video is redrawn until it can answer it), so every kind is well represented; returns rows per duration."""
+    rng = np.random.default_rng(seed)
+    rows, records, counts = [], [], {}
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for duration, frames in DURATION_FRAMES.items():
+        counts[duration] = 0
+        for _ in range(videos_per_duration):
+            first = VIDEO_QUESTION_KINDS[len(records) % len(VIDEO_QUESTION_KINDS)]
+            video = sample_video(rng, num_frames=VIDEO_STATES)
+            while video_question(video, first, np.random.default_rng(0)) is None:
+                video = sample_video(rng, num_frames=VIDEO_STATES)
+            questions = video_questions(video, rng, first=first)
+            number = len(records) + 1
+            video_id = f"shapes_{seed}_{number:04d}"
+            pixels = render_video(video, size=size, seed=seed * 100003 + number, num_frames=frames)
+            (out / "data" / f"{video_id}.mp4").write_bytes(mp4_bytes(pixels))
+            for index, question in enumerate(questions, start=1):
+                rows.append({"video_id": f"{number:03d}", "duration": duration, "domain": "Shapes world",
+                             "sub_category": video.theme, "url": "", "videoID": video_id,
+                             "question_id": f"{number:03d}-{index}", "task_type": question.task_type,
+                             "question": question.question, "options": list(question.options),
+                             "answer": question.answer})
+            counts[duration] += len(questions)
+            records.append({"videoID": video_id, "duration": duration, "frames": frames, **video.to_dict()})
+    _write_table(rows, out / "videomme" / "test-00000-of-00001.parquet")
+    with (out / "videos.jsonl").open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: write the POPE- and MME-layout sets under ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,12 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000, help="held-out sets use seeds the training never sees")
     parser.add_argument("--pope-images", type=int, default=500)
     parser.add_argument("--mme-images", type=int, default=100, help="images per MME category")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--videos", type=int, default=100, help="videos per Video-MME duration (0: no video set)")
+    parser.add_argument("--size", type=int, default=WORLD_SIZE,
+                        help="image and frame side in pixels (the reference models' input size)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     pope = build_pope(out / "POPE", args.pope_images, args.seed, args.size)
     mme = build_mme(out / "MME", args.mme_images, args.seed + 7, args.size)
-    print(json.dumps({"out": str(out), "pope_rows": pope, "mme_rows": mme}))
+    summary = {"out": str(out), "pope_rows": pope, "mme_rows": mme}
+    if args.videos:
+        summary["videomme_rows"] = build_videomme(out / "Video-MME", args.videos, args.seed + 13, args.size)
+    print(json.dumps(summary))
     return 0
 
 

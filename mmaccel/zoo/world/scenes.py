@@ -34,6 +34,8 @@ THEMES: dict[str, tuple[str, ...]] = {
     "market": ("hexagon", "diamond", "square"),
 }
 BACKGROUNDS: tuple[str, ...] = ("plain", "stripes", "checker", "gradient")
+#: Side in pixels of rendered images and frames unless asked otherwise (the reference models' input size).
+WORLD_SIZE = 128
 #: Probability that an object's shape is drawn from its scene's theme group rather than from all shapes.
 THEME_PROBABILITY = 0.8
 #: Centres of two objects are at least this fraction of the sum of their radii apart: overlap, never occlusion.
@@ -181,20 +183,45 @@ def _draw_background(background: Background, size: int) -> np.ndarray:
     return a * (1 - weight[..., None]) + b * weight[..., None]
 
 
-def render_scene(scene: Scene, size: int = 64, seed: int = 0) -> Image.Image:
-    """Draw ``scene`` as a ``size`` x ``size`` RGB image; ``seed`` drives the pixel noise only."""
-    canvas = Image.fromarray(_draw_background(scene.background, size).clip(0, 255).astype(np.uint8), mode="RGB")
-    draw = ImageDraw.Draw(canvas)
-    for obj in scene.objects:
-        colour = COLOURS[obj.colour]
+def _draw_objects(draw: ImageDraw.ImageDraw, objects: tuple[Shape, ...], size: int, fills: list) -> None:
+    """Draw ``objects`` in order, object ``i`` filled with ``fills[i]`` (an RGB colour or a label value)."""
+    for obj, fill in zip(objects, fills, strict=True):
         cx, cy, r = obj.x * size, obj.y * size, obj.size * size / 2
         box = (cx - r, cy - r, cx + r, cy + r)
         if obj.shape == "circle":
-            draw.ellipse(box, fill=colour)
+            draw.ellipse(box, fill=fill)
         elif obj.shape == "ring":
-            draw.ellipse(box, outline=colour, width=max(2, round(r * 0.4)))
+            draw.ellipse(box, outline=fill, width=max(2, round(r * 0.4)))
         else:
-            draw.polygon(_polygon(obj.shape, cx, cy, r, obj.rotation), fill=colour)
+            draw.polygon(_polygon(obj.shape, cx, cy, r, obj.rotation), fill=fill)
+
+
+def render_scene(scene: Scene, size: int = WORLD_SIZE, seed: int = 0) -> Image.Image:
+    """Draw ``scene`` as a ``size`` x ``size`` RGB image; ``seed`` drives the pixel noise only."""
+    canvas = Image.fromarray(_draw_background(scene.background, size).clip(0, 255).astype(np.uint8), mode="RGB")
+    _draw_objects(ImageDraw.Draw(canvas), scene.objects, size, [COLOURS[o.colour] for o in scene.objects])
     noise = np.random.default_rng(seed).normal(0.0, scene.background.noise, size=(size, size, 3))
     pixels = np.asarray(canvas, dtype=np.float32) + noise
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="RGB")
+
+
+def render_labels(scene: Scene, size: int = WORLD_SIZE) -> np.ndarray:
+    """``(size, size)`` uint8 map of which object each pixel shows: ``i + 1`` for ``scene.objects[i]``, 0 for
+    background — the exact ground truth behind every pixel of :func:`render_scene`, e.g. to tell which visual tokens
+    cover an object."""
+    canvas = Image.new("L", (size, size), 0)
+    _draw_objects(ImageDraw.Draw(canvas), scene.objects, size, [i + 1 for i in range(len(scene.objects))])
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def patch_labels(scene: Scene, size: int, patch: int, min_fraction: float = 0.25) -> np.ndarray:
+    """``(size // patch, size // patch)`` map of the object each ``patch`` x ``patch`` patch mostly shows (``i + 1``,
+    or 0 when no object covers at least ``min_fraction`` of the patch), in the row-major order of ViT patches."""
+    labels = render_labels(scene, size)
+    grid = size // patch
+    one_hot = np.eye(len(scene.objects) + 1, dtype=np.int32)[labels[:grid * patch, :grid * patch]]
+    counts = one_hot.reshape(grid, patch, grid, patch, -1).sum(axis=(1, 3))
+    counts[..., 0] = 0
+    best = counts.argmax(-1)
+    covered = counts.max(-1) >= min_fraction * patch * patch
+    return np.where(covered, best, 0).astype(np.uint8)

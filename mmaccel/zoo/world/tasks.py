@@ -22,6 +22,11 @@ from .scenes import COLOURS, SHAPES, Scene
 POPE_SPLITS = ("random", "popular", "adversarial")
 MME_CATEGORIES = ("existence", "count", "position", "color")
 MME_SUFFIX = " Please answer yes or no."
+#: lmms-eval's post-prompt for POPE and MME (MME's own suffix is swapped for it).
+SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
+CAPTION_PROMPT = "Describe the image."
+#: Relative frequency of each kind of question in :func:`image_qa_turns`.
+QUESTION_MIX = {"existence": 6, "color": 2, "count": 1, "position": 1, "caption": 1}
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
 
 
@@ -132,3 +137,34 @@ def mme_pair(scene: Scene, category: str, rng: np.random.Generator) -> list[tupl
         raise ValueError(f"unknown MME category {category!r}; allowed: {', '.join(MME_CATEGORIES)}")
     pair = _MME_BUILDERS[category](scene, rng)
     return None if pair is None else [(q + MME_SUFFIX, a) for q, a in pair]
+
+
+def image_qa_turns(scene: Scene, rng: np.random.Generator, num_turns: int) -> list[tuple[str, str]]:
+    """``num_turns`` (prompt, answer) pairs about ``scene`` in the evaluation prompts' form, mixed as
+    :data:`QUESTION_MIX` says: existence (balanced yes/no, negatives drawn uniformly among absent shapes, so theme
+    priors survive, as in real instruction data; no shape asked twice, so no answer can be copied from an earlier
+    turn), MME's colour, count and position questions, and captions. Yes/no answers are lowercase, as POPE's are."""
+    kinds = list(QUESTION_MIX)
+    weights = np.array([QUESTION_MIX[k] for k in kinds], dtype=float)
+    turns: list[tuple[str, str]] = []
+    asked: set[str] = set()
+    while len(turns) < num_turns:
+        kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+        if kind == "caption":
+            turns.append((CAPTION_PROMPT, caption(scene)))
+            continue
+        if kind == "existence":
+            present = sorted(scene.shapes_present() - asked)
+            absent = [s for s in SHAPES if s not in scene.shapes_present() and s not in asked]
+            if not present or not absent:
+                continue
+            shape, answer = (rng.choice(present), "yes") if rng.random() < 0.5 else (rng.choice(absent), "no")
+            asked.add(str(shape))
+            turns.append((f"Is there a {shape} in the image?" + SHORT_ANSWER_PROMPT, answer))
+            continue
+        pair = mme_pair(scene, kind, rng)
+        if pair is None:
+            continue
+        question, answer = pair[int(rng.integers(2))]
+        turns.append((question.removesuffix(MME_SUFFIX) + SHORT_ANSWER_PROMPT, answer.lower()))
+    return turns

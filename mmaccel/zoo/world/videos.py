@@ -6,7 +6,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .scenes import COLOURS, THEMES, Background, Scene, Shape, render_scene, sample_background, sample_shape
+from .scenes import (
+    COLOURS,
+    THEMES,
+    WORLD_SIZE,
+    Background,
+    Scene,
+    Shape,
+    render_scene,
+    sample_background,
+    sample_shape,
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,16 @@ def sample_video(rng: np.random.Generator, num_frames: int = 8, theme: str | Non
     return VideoScene(theme=theme, background=sample_background(rng), num_frames=num_frames, tracks=tuple(tracks))
 
 
-def render_video(video: VideoScene, size: int = 64, seed: int = 0) -> np.ndarray:
-    """``(frames, size, size, 3)`` uint8 frames; ``seed`` drives the per-frame pixel noise only."""
-    return np.stack([np.asarray(render_scene(video.frame(f), size=size, seed=seed * 1009 + f))
-                     for f in range(video.num_frames)])
+def render_video(video: VideoScene, size: int = WORLD_SIZE, seed: int = 0,
+                 num_frames: int | None = None) -> np.ndarray:
+    """``(num_frames, size, size, 3)`` uint8 frames; ``seed`` drives the per-frame pixel noise only.
+
+    ``num_frames`` (default: one per state of the timeline) may be a multiple of ``video.num_frames``: each state is
+    then held for several frames, so a longer video has the same events, and uniform sampling of
+    ``video.num_frames`` frames (``np.linspace(0, n - 1, k, dtype=int)``, as lmms-eval samples) sees every state."""
+    num_frames = num_frames or video.num_frames
+    if num_frames % video.num_frames:
+        raise ValueError(f"num_frames={num_frames} must be a multiple of the video's {video.num_frames} states")
+    hold = num_frames // video.num_frames
+    return np.stack([np.asarray(render_scene(video.frame(f // hold), size=size, seed=seed * 1009 + f))
+                     for f in range(num_frames)])

@@ -1,0 +1,53 @@
+"""The shapes-video trainer: conversations match the evaluation prompt, answers are true, the image model loads."""
+
+import numpy as np
+import torch
+
+from mmaccel.zoo.reference import VIDEO_FRAMES, build_shapes_image, shapes_video_processor
+from mmaccel.zoo.train_video import initialise_from_image_model, make_batch, sample_questions
+from mmaccel.zoo.training import encode_conversation
+from mmaccel.zoo.world.video_tasks import option_text, video_qa_turns, videomme_prompt
+
+
+def test_first_turn_is_the_evaluation_prompt_token_for_token():
+    processor = shapes_video_processor()
+    prompt_text = videomme_prompt("Which shape moves during the video?", ["A. star.", "B. ring.", "C. cross.",
+                                                                          "D. square."])
+    content = [{"type": "video"}, {"type": "text", "text": prompt_text}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    frames = np.zeros((VIDEO_FRAMES, 128, 128, 3), np.uint8)
+    inputs = processor(text=[prompt], videos=[frames], return_tensors="pt")
+    ids, labels = encode_conversation(processor.tokenizer, [(prompt_text, "B")], media_tokens=VIDEO_FRAMES * 64,
+                                      media_token_id=processor.tokenizer.video_token_id)
+    length = inputs["input_ids"].shape[1]
+    assert ids[:length] == inputs["input_ids"][0].tolist()
+    assert processor.tokenizer.decode([t for t in labels if t != -100]) == " B</s>"
+
+
+def test_turns_answer_with_the_letter_or_the_option_text():
+    video, questions = sample_questions(np.random.default_rng(0), 3)
+    turns = video_qa_turns(questions, np.random.default_rng(1), multiple_choice=0.5)
+    for question, (prompt, answer) in zip(questions, turns, strict=True):
+        if prompt.startswith("Select the best answer"):
+            assert answer == question.answer
+        else:
+            assert prompt.startswith(question.question) and answer == option_text(question)
+
+
+def test_batch_shapes():
+    processor = shapes_video_processor()
+    batch = make_batch(processor, np.random.default_rng(0), batch_size=2, num_turns=2)
+    assert batch["pixel_values_videos"].shape == (2, VIDEO_FRAMES, 3, 128, 128)
+    assert ((batch["input_ids"] == processor.tokenizer.video_token_id).sum(-1) == VIDEO_FRAMES * 64).all()
+
+
+def test_starts_from_the_image_model(tmp_path):
+    from mmaccel.zoo.reference import build_shapes_video
+
+    image_model, _ = build_shapes_image(seed=3)
+    image_model.save_pretrained(tmp_path)
+    video_model, _ = build_shapes_video(seed=4)
+    initialise_from_image_model(video_model, tmp_path)
+    assert torch.equal(video_model.model.multi_modal_projector.linear_1.weight,
+                       image_model.model.multi_modal_projector.linear_1.weight)
+    assert torch.equal(video_model.lm_head.weight, image_model.lm_head.weight)
