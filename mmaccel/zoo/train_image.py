@@ -10,12 +10,18 @@ The loss is on answer tokens only. Questions mix existence (balanced yes/no, neg
 shapes, so the theme priors survive, as in real instruction data), colour, count and position yes/no questions and
 captions.
 
-Language-model loss alone teaches the language prior fast and vision slowly: a from-scratch vision tower gets a few
-answer tokens of signal per image. So training adds two auxiliary per-patch losses, discarded afterwards (see
-:class:`PatchProbe`): one teaches the tower what is where (exact labels from
-:func:`~mmaccel.zoo.world.patch_labels`), the other aligns the projected visual tokens with the language model's
-embeddings of the shape and colour words. The saved model is a plain ``LlavaForConditionalGeneration``.
-The run is deterministic for a given seed and step count.
+Language-model loss alone teaches the language prior fast and vision slowly: a from-scratch model gets one bit of
+signal per yes/no answer and sits on a long plateau where the answer ignores both the image and the question. So
+training adds auxiliary losses, all through heads that are discarded afterwards:
+
+- :class:`PatchProbe`: per patch, the tower's features and the projected visual tokens predict the shape and colour
+  of the object under the patch (exact labels from :func:`~mmaccel.zoo.world.patch_labels`); the projected tokens
+  are scored against the language model's own embeddings of the shape and colour words, which aligns them;
+- :class:`AnswerProbe`: at each answer position, an intermediate layer predicts which shape the question asks
+  about and which shapes the image holds, the two facts an existence answer combines.
+
+The saved model is a plain ``LlavaForConditionalGeneration``. The run is deterministic for a given seed and step
+count.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ def patch_targets(scene: Scene, size: int, patch: int) -> tuple[np.ndarray, np.n
 
 def make_batch(processor: Any, rng: np.random.Generator, batch_size: int, num_turns: int,
                image_tokens: int) -> dict[str, torch.Tensor]:
-    """A right-padded training batch of fresh scenes, with per-patch ``shape_targets`` and ``colour_targets``."""
+    """A right-padded training batch of fresh scenes, with the auxiliary targets: per-patch ``shape_targets`` and
+    ``colour_targets``, per-image ``presence`` of each shape, and ``answers`` rows of (row, position predicting the
+    answer, asked shape or -100)."""
     tokenizer = processor.tokenizer
     size = processor.image_processor.crop_size["height"]
     patch = size // math.isqrt(image_tokens)
@@ -209,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     """Command line of the trainer."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where to save the model (save_pretrained layout)")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--turns", type=int, default=8, help="questions per conversation")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-every", type=int, default=500, help="steps between quick held-out checks (0: none)")
+    parser.add_argument("--eval-every", type=int, default=250, help="steps between quick held-out checks (0: none)")
     parser.add_argument("--save-every", type=int, default=100, help="steps between checkpoints in OUT/checkpoint")
-    parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-patch auxiliary losses")
+    parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the auxiliary losses")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
