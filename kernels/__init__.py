@@ -2,7 +2,8 @@
 with the same signature (the reference is the CPU path and the oracle in tests). Nothing here imports transformers,
 and triton is only imported on the first Triton call: ``import mmaccel.kernels`` works without it."""
 
-from .attention import BACKENDS, attention, attention_triton, triton_available
+from .attention import BACKENDS, attention, attention_triton, triton_available, triton_unusable_reason
 from .attention_reference import attention_reference
 
-__all__ = ["BACKENDS", "attention", "attention_reference", "attention_triton", "triton_available"]
+__all__ = ["BACKENDS", "attention", "attention_reference", "attention_triton", "triton_available",
+           "triton_unusable_reason"]

@@ -62,6 +62,24 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _interpreter_mode() -> bool:
+    """Whether Triton kernels run in the interpreter: fixed when they are defined (at the first Triton call), read
+    from the environment until then."""
+    return _kernels().interpreted if _kernels.cache_info().currsize else _interpreting()
+
+
+def triton_unusable_reason(device: torch.device | str) -> str | None:
+    """Why the Triton kernel cannot run on tensors on ``device`` here, or ``None`` when it can: the one test that
+    :func:`attention_triton` and ``mmaccel.accelerate(kernels="triton")`` both apply."""
+    error = _triton_import_error()
+    if error is not None:
+        return f"the triton package does not import here ({error})"
+    if torch.device(device).type != "cuda" and not _interpreter_mode():
+        return (f"it needs CUDA tensors (got {device}), or TRITON_INTERPRET=1 set before the first Triton call "
+                "to run in the interpreter")
+    return None
+
+
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """Import triton and define the kernels (once). Raises ``RuntimeError`` naming what is missing."""
@@ -281,10 +299,10 @@ def attention_triton(
     Needs q, k, v of one dtype (float16, bfloat16 or float32) on a CUDA device, or CPU tensors under
     ``TRITON_INTERPRET=1``. Raises ``RuntimeError`` naming what is missing when it cannot run here.
     """
+    reason = triton_unusable_reason(q.device)
+    if reason is not None:
+        raise RuntimeError(f"attention backend 'triton' cannot run: {reason}; use backend='torch' or 'auto'")
     kernels = _kernels()
-    if q.device.type != "cuda" and not kernels.interpreted:
-        raise RuntimeError(f"attention backend 'triton' needs CUDA tensors (got {q.device}), or TRITON_INTERPRET=1 "
-                           "set before the first Triton call; use backend='torch' on CPU")
     check_shapes(q, k, v, mask)
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"attention backend 'triton' needs q, k, v of one dtype among float16, bfloat16, float32; "

@@ -8,7 +8,6 @@ silently dropped (transformers returns no mask for an unknown mask interface).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -18,7 +17,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .kernels import attention as attention_op
-from .kernels import triton_available
+from .kernels import triton_unusable_reason
 
 #: The name under which the attention function and its mask function are registered. It must not contain "flash"
 #: (generate would change its masks) nor look like "org/repo" (it would be read as a Hub kernel).
@@ -60,10 +59,7 @@ def register_attention() -> None:
 
 def check_triton_usable(device: torch.device) -> None:
     """Raise ``RuntimeError`` now, not at the first forward, when ``kernels="triton"`` cannot run on ``device``."""
-    if not triton_available():
-        raise RuntimeError("kernels='triton' needs the triton package, which is not installed; "
-                           "use kernels='torch' or 'auto'")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(f"kernels='triton' needs the model on a CUDA device (it is on {device}), or "
-                           "TRITON_INTERPRET=1 set before triton is imported; use kernels='auto' to pick the "
-                           "PyTorch reference on CPU")
+    reason = triton_unusable_reason(device)
+    if reason is not None:
+        raise RuntimeError(f"kernels='triton' cannot run on this model: {reason}; use kernels='auto' to pick the "
+                           "PyTorch reference where Triton cannot run, or kernels='torch'")

@@ -2,7 +2,8 @@
 
 ``shapes-image`` is a ``LlavaForConditionalGeneration``: a CLIP vision tower over 128x128 images in 8x8 patches (256
 visual tokens per image, the CLS token dropped as in LLaVA-1.5), a 2-layer MLP projector and a small Llama language
-model, with LLaVA-1.5's processor and chat template over a byte-level tokenizer. Weights are trained by
+model, with LLaVA-1.5's processor and chat template over a byte-level BPE tokenizer trained on the world's text
+(:func:`shapes_tokenizer`). Weights are trained by
 ``python -m mmaccel.zoo.train_image`` and shipped in ``mmaccel/zoo/weights/<name>/``.
 
 ``shapes-video`` is a ``LlavaNextVideoForConditionalGeneration`` of the same sizes: each 128x128 frame's 256 patch

@@ -251,3 +251,15 @@ def test_benchmark_smoke(tmp_path):
     assert not report["failures"] and len(report["rows"]) == len(benchmark.SMOKE)
     for row in report["rows"]:
         assert row["max_abs_err_vs_sdpa"] < 1e-4 and row["ours_ms"] > 0 and row["sdpa_ms"] > 0
+
+
+def test_one_reason_decides_whether_triton_can_run(monkeypatch):
+    from mmaccel.kernels import triton_unusable_reason
+
+    assert triton_unusable_reason("cuda:0") is None  # triton imports here (it is a test dependency)
+    monkeypatch.setattr(attention_module, "_interpreter_mode", lambda: False)
+    reason = triton_unusable_reason("cpu")
+    assert reason is not None and "TRITON_INTERPRET=1" in reason
+    q = torch.zeros(1, 1, 2, 16)
+    with pytest.raises(RuntimeError, match="attention backend 'triton' cannot run: it needs CUDA tensors"):
+        attention(q, q, q, backend="triton")
