@@ -26,7 +26,7 @@ from .world import COLOURS, SHAPES, VideoScene, render_video, sample_video
 from .world.video_tasks import VIDEO_QUESTION_KINDS, VideoQuestion, video_qa_turns, video_questions, videomme_prompt
 
 
-def sample_questions(rng: np.random.Generator, num_turns: int) -> tuple[Any, list[VideoQuestion]]:
+def sample_questions(rng: np.random.Generator, num_turns: int) -> tuple[VideoScene, list[VideoQuestion]]:
     """A fresh video and up to ``num_turns`` questions of different kinds about it (at least one), the first kind
     drawn uniformly (see :func:`~mmaccel.zoo.world.video_tasks.video_questions`)."""
     video = sample_video(rng, num_frames=VIDEO_FRAMES)
@@ -35,7 +35,8 @@ def sample_questions(rng: np.random.Generator, num_turns: int) -> tuple[Any, lis
 
 
 def make_batch(processor: Any, rng: np.random.Generator, batch_size: int, num_turns: int) -> dict[str, torch.Tensor]:
-    """A right-padded batch of fresh videos with their conversations."""
+    """A right-padded batch of fresh videos with their conversations, and the deep-supervision targets:
+    ``timelines`` per video and ``answers`` rows of (row, position predicting an answer)."""
     tokenizer = processor.tokenizer
     size = processor.video_processor.crop_size["height"]
     tokens_per_frame = (size // processor.patch_size) ** 2 // 4
