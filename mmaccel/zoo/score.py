@@ -52,21 +52,29 @@ def pope_metrics(predictions: list[str], answers: list[str]) -> dict[str, float]
     }
 
 
-@torch.no_grad()
 def answer_questions(model: Any, processor: Any, rows: list[dict], batch_size: int = 16,
                      max_new_tokens: int = 8) -> list[str]:
     """Greedy answers to POPE rows, parsed as lmms-eval parses them (``lower().strip()``)."""
+    images = [Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB") for row in rows]
+    return answer_image_questions(model, processor, images, [row["question"] for row in rows], batch_size,
+                                  max_new_tokens)
+
+
+@torch.no_grad()
+def answer_image_questions(model: Any, processor: Any, images: list[Any], questions: list[str],
+                           batch_size: int = 16, max_new_tokens: int = 8) -> list[str]:
+    """Greedy answers to one question per image, asked with lmms-eval's POPE prompt and parsed the lmms-eval way
+    (``lower().strip()``)."""
     predictions = []
     device = next(model.parameters()).device
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+    for start in range(0, len(questions), batch_size):
         prompts = []
-        for row in chunk:
-            content = [{"type": "image"}, {"type": "text", "text": row["question"].strip() + SHORT_ANSWER_PROMPT}]
+        for question in questions[start:start + batch_size]:
+            content = [{"type": "image"}, {"type": "text", "text": question.strip() + SHORT_ANSWER_PROMPT}]
             prompts.append(processor.apply_chat_template([{"role": "user", "content": content}],
                                                          add_generation_prompt=True))
-        images = [Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB") for row in chunk]
-        inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True).to(device)
+        inputs = processor(text=prompts, images=images[start:start + batch_size], return_tensors="pt",
+                           padding=True).to(device)
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         texts = processor.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         predictions.extend(text.lower().strip() for text in texts)
@@ -99,20 +107,25 @@ def read_frames(path: Path, count: int) -> np.ndarray:
 
 
 @torch.no_grad()
+def answer_video_question(model: Any, processor: Any, frames: np.ndarray, question: str,
+                          options: list[str] | tuple[str, ...], max_new_tokens: int = 16) -> str:
+    """The letter (A-D, or "" if none) the model answers to a four-option question about ``frames``, asked with
+    lmms-eval's Video-MME prompt (greedy)."""
+    content = [{"type": "video"}, {"type": "text", "text": videomme_prompt(question, options)}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(text=[prompt], videos=[frames], return_tensors="pt").to(next(model.parameters()).device)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return first_letter(processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+
+
 def score_videomme(model: Any, processor: Any, folder: Path, frames: int = 8,
                    limit: int | None = None) -> dict[str, Any]:
     """Accuracy of a Video-MME-layout folder, overall, per duration and per task type."""
     rows = pq.read_table(next((folder / "videomme").glob("*.parquet"))).to_pylist()[:limit]
-    device = next(model.parameters()).device
     groups: dict[str, list[bool]] = defaultdict(list)
     for row in rows:
         video = read_frames(folder / "data" / f"{row['videoID']}.mp4", frames)
-        content = [{"type": "video"}, {"type": "text", "text": videomme_prompt(row["question"], row["options"])}]
-        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-        inputs = processor(text=[prompt], videos=[video], return_tensors="pt").to(device)
-        out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
-        answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        right = first_letter(answer) == row["answer"]
+        right = answer_video_question(model, processor, video, row["question"], row["options"]) == row["answer"]
         for key in ("overall", f"duration/{row['duration']}", f"task/{row['task_type']}"):
             groups[key].append(right)
     return {key: {"accuracy": sum(values) / len(values), "n": len(values)} for key, values in sorted(groups.items())}

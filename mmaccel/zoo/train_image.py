@@ -37,9 +37,10 @@ import numpy as np
 import torch
 
 from .reference import build_shapes_image
+from .score import answer_image_questions
 from .training import answer_positions, encode_conversation, pad_right, save_model, train_loop
 from .world import COLOURS, SHAPES, Scene, patch_labels, render_scene, sample_scene
-from .world.tasks import SHORT_ANSWER_PROMPT, image_qa_turns
+from .world.tasks import image_qa_turns
 
 
 def patch_targets(scene: Scene, size: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,23 +163,18 @@ def _single_token(tokenizer: Any, word: str) -> int:
 def quick_pope_accuracy(model: Any, processor: Any, seed: int, num_images: int = 40) -> float:
     """Accuracy on balanced existence questions about held-out scenes (a minimal scorer, exact-match parse)."""
     rng = np.random.default_rng(seed)
-    correct = total = 0
+    images, questions, truths = [], [], []
     for _ in range(num_images):
         scene = sample_scene(rng)
         image = render_scene(scene, size=processor.image_processor.crop_size["height"], seed=int(rng.integers(2**31)))
         present = sorted(scene.shapes_present())
         absent = [s for s in SHAPES if s not in present]
         for shape, truth in ((rng.choice(present), "yes"), (rng.choice(absent), "no")):
-            question = f"Is there a {shape} in the image?" + SHORT_ANSWER_PROMPT
-            content = [{"type": "image"}, {"type": "text", "text": question}]
-            prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-            inputs = processor(text=[prompt], images=[image], return_tensors="pt")
-            with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-            answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            correct += answer.strip().lower() == truth
-            total += 1
-    return correct / total
+            images.append(image)
+            questions.append(f"Is there a {shape} in the image?")
+            truths.append(truth)
+    answers = answer_image_questions(model, processor, images, questions, batch_size=1, max_new_tokens=4)
+    return sum(a == t for a, t in zip(answers, truths, strict=True)) / len(truths)
 
 
 def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, seed: int, eval_every: int,

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from .reference import VIDEO_FRAMES, WEIGHTS_DIR, build_shapes_video
-from .score import first_letter
+from .score import answer_video_question
 from .training import answer_positions, encode_conversation, pad_right, save_model, train_loop
 from .world import COLOURS, SHAPES, VideoScene, render_video, sample_video
-from .world.video_tasks import VIDEO_QUESTION_KINDS, VideoQuestion, video_qa_turns, video_questions, videomme_prompt
+from .world.video_tasks import VIDEO_QUESTION_KINDS, VideoQuestion, video_qa_turns, video_questions
 
 
 def sample_questions(rng: np.random.Generator, num_turns: int) -> tuple[VideoScene, list[VideoQuestion]]:
@@ -93,15 +93,10 @@ def quick_videomme_accuracy(model: Any, processor: Any, seed: int, num_videos: i
     for _ in range(num_videos):
         video, questions = sample_questions(rng, 1)
         question = questions[0]
-        text = videomme_prompt(question.question, question.options)
-        content = [{"type": "video"}, {"type": "text", "text": text}]
-        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
         frames = render_video(video, size=size, seed=int(rng.integers(2**31)))
-        inputs = processor(text=[prompt], videos=[frames], return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        correct += first_letter(answer) == question.answer
+        answer = answer_video_question(model, processor, frames, question.question, question.options,
+                                       max_new_tokens=4)
+        correct += answer == question.answer
     return correct / num_videos
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from mmaccel.models import DEFAULT_MODEL, load_model
 from mmaccel.zoo import load, reference_names
-from mmaccel.zoo.score import answer_questions, first_letter
+from mmaccel.zoo.score import answer_questions, answer_video_question
 from mmaccel.zoo.world import SHAPES, WORLD_SIZE, render_scene, render_video, sample_scene, sample_video
-from mmaccel.zoo.world.video_tasks import video_questions, videomme_prompt
+from mmaccel.zoo.world.video_tasks import video_questions
 
 
 def test_both_models_are_bundled_and_shapes_image_is_the_default():
@@ -63,14 +63,9 @@ def test_shapes_video_counts_objects_over_time_above_chance():
     for _ in range(24):
         video = sample_video(rng)
         question = video_questions(video, rng, count=1, first="count")[0]
-        text = videomme_prompt(question.question, question.options)
-        prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "video"},
-                                                                              {"type": "text", "text": text}]}],
-                                               add_generation_prompt=True)
-        inputs = processor(text=[prompt], videos=[render_video(video, seed=1)], return_tensors="pt")
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        correct += first_letter(answer) == question.answer
+        answer = answer_video_question(model, processor, render_video(video, seed=1), question.question,
+                                       question.options, max_new_tokens=4)
+        correct += answer == question.answer
     assert correct / 24 >= 0.45, correct  # chance is 0.25
 
 
