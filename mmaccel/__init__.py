@@ -6,9 +6,9 @@ then runs with the configured components. :func:`restore` undoes every patch.
 
 from pathlib import Path as _Path
 
-# In a source checkout, kernels/ and adapters/ sit beside mmaccel/ (the installed wheel maps them to
-# mmaccel.kernels and mmaccel.adapters). Extending __path__ makes `python -m mmaccel ...` from the repo root
-# resolve them the same way as an installed package does.
+# In a source checkout, kernels/, adapters/ and eval/ sit beside mmaccel/ (the installed wheel maps them to
+# mmaccel.kernels, mmaccel.adapters and mmaccel.eval). Extending __path__ makes `python -m mmaccel ...` from the
+# repo root resolve them the same way as an installed package does.
 _repo_root = _Path(__file__).resolve().parent.parent
 if (_repo_root / "pyproject.toml").is_file() and (_repo_root / "adapters" / "__init__.py").is_file():
     __path__.append(str(_repo_root))  # noqa: F821 - __path__ is defined for packages

@@ -41,7 +41,7 @@ class RunResult:
     tokens: list[list[int]] = field(default_factory=list)
 
 
-class _TokenClock:
+class TokenClock:
     """A generate ``streamer`` that timestamps each step: the first ``put`` is the prompt, then one per token."""
 
     def __init__(self, device: torch.device):
@@ -50,6 +50,7 @@ class _TokenClock:
         self._seen_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
+        """Record the time of one generated step (the prompt's ``put`` is skipped)."""
         if not self._seen_prompt:
             self._seen_prompt = True
             return
@@ -58,7 +59,22 @@ class _TokenClock:
         self.stamps.append(time.perf_counter())
 
     def end(self) -> None:
-        pass
+        """Nothing to do at the end of generation."""
+
+
+def timed_generate(model: Any, inputs: Any, **generate_kwargs: Any) -> tuple[Any, float, float, float]:
+    """``model.generate(**inputs, **generate_kwargs)`` with a per-step clock. Returns the output, TTFT (start to
+    the first new token: prefill), TPOT (mean time per later token: decode) and the wall time to the last token,
+    all in seconds."""
+    device = next(model.parameters()).device
+    clock = TokenClock(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = model.generate(**inputs, streamer=clock, **generate_kwargs)
+    end = clock.stamps[-1] if clock.stamps else time.perf_counter()
+    first = clock.stamps[0] if clock.stamps else end
+    return out, first - start, (end - first) / max(1, len(clock.stamps) - 1), end - start
 
 
 def bench_inputs(model_name: str, processor: Any, num_samples: int, batch_size: int, modality: str | None,
@@ -121,46 +137,39 @@ def _generic_inputs(processor: Any, batch_size: int, modality: str, seed: int) -
     return processor(text=texts, **{key: media}, return_tensors="pt", padding=True)
 
 
-def _visual_tokens(model: Any, inputs: Any) -> int:
-    state = get_state(model)
+def visual_token_counts(model: Any, inputs: Any) -> tuple[int, int]:
+    """Visual tokens in the prompt of ``inputs`` (all rows) and how many of them the accelerated model keeps (the
+    same number when nothing prunes them)."""
     from .adapters import get_adapter
 
+    state = get_state(model)
     adapter = state.adapter if state is not None else get_adapter(model)
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     layout = adapter.token_layout(inputs["input_ids"], inputs.get("attention_mask"), **extra)
-    return int(layout.visual_mask.sum())
+    visual = int(layout.visual_mask.sum())
+    kept = int(state.stats.get("visual_tokens_kept", visual)) if state is not None else visual
+    return visual, kept
 
 
 def run_once(model: Any, inputs: Any, max_new_tokens: int, measure_memory: bool) -> RunResult:
-    """One greedy generate of exactly ``max_new_tokens`` tokens, timed per step."""
+    """One greedy generate of exactly ``max_new_tokens`` tokens, timed per step (or, with ``measure_memory``,
+    untimed and with its peak memory measured)."""
     device = next(model.parameters()).device
-    clock = _TokenClock(device)
     kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
                   return_dict_in_generate=True)
+    ttft = tpot = tps = 0.0
+    peak = 0
     if measure_memory:
         with track_peak_memory(device) as mem:
             out = model.generate(**inputs, **kwargs)
         peak = mem["peak_bytes"]
     else:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = model.generate(**inputs, streamer=clock, **kwargs)
-        end = clock.stamps[-1] if clock.stamps else time.perf_counter()
-        peak = 0
-    prompt_len = inputs["input_ids"].shape[1]
-    new = out.sequences[:, prompt_len:]
-    n = new.shape[1]
-    if measure_memory:
-        ttft = tpot = tps = 0.0
-    else:
-        ttft = clock.stamps[0] - start
-        tpot = (end - clock.stamps[0]) / max(1, n - 1)
-        tps = n * new.shape[0] / (end - start)
-    state = get_state(model)
-    visual = _visual_tokens(model, inputs)
-    kept = int(state.stats.get("visual_tokens_kept", visual)) if state is not None else visual
-    return RunResult(ttft_s=ttft, tpot_s=tpot, tokens_per_s=tps, new_tokens=n,
+        out, ttft, tpot, total = timed_generate(model, inputs, **kwargs)
+    new = out.sequences[:, inputs["input_ids"].shape[1]:]
+    if not measure_memory:
+        tps = new.numel() / total
+    visual, kept = visual_token_counts(model, inputs)
+    return RunResult(ttft_s=ttft, tpot_s=tpot, tokens_per_s=tps, new_tokens=new.shape[1],
                      kv_bytes=tensor_bytes(out.cache), visual_tokens=visual, visual_tokens_kept=kept,
                      peak_memory_bytes=peak, tokens=new.tolist())
 

@@ -1,4 +1,4 @@
-"""The ``mmaccel`` command line: ``bench``, ``presets``, ``config``."""
+"""The ``mmaccel`` command line: ``bench``, ``eval``, ``presets``, ``config``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmaccel", description="Training-free acceleration for multimodal LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_bench(sub)
+    from .eval.cli import add_arguments as add_eval_arguments
+
+    add_eval_arguments(sub.add_parser(
+        "eval", help="accuracy and speed on POPE, MME or Video-MME, baseline and presets side by side",
+        description="Evaluate on a local copy of lmms-lab/POPE, lmms-lab/MME or lmms-lab/Video-MME (or a generated "
+                    "set in their layout) with lmms-eval's prompts, parsing and metrics; every answer is timed and "
+                    "streamed to --out, and a rerun resumes."))
     sub.add_parser("presets", help="list the named presets and what each trades")
     p = sub.add_parser("config", help="print a validated config as JSON")
     p.add_argument("--preset", default="none", choices=list(PRESETS))
@@ -51,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``mmaccel`` command; returns the process exit code."""
     from .adapters import UnsupportedModelError
+    from .eval.common import DataLayoutError
+    from .eval.store import RunMismatchError
     from .models import ModelLoadError
 
     args = build_parser().parse_args(argv)
@@ -61,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 
             fields = {k: v for k, v in vars(args).items() if k != "command"}
             return bench_main(BenchArgs(**fields))
+        if args.command == "eval":
+            from .eval.cli import run as eval_run
+
+            return eval_run(args)
         if args.command == "presets":
             for name, preset in PRESETS.items():
                 print(f"{name:<12} {preset['description']}")
@@ -69,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             config = AccelConfig.load(args.file) if args.file else AccelConfig.preset(args.preset)
             print(config.to_json())
             return 0
-    except (ConfigError, ModelLoadError, UnsupportedModelError) as err:
+    except (ConfigError, DataLayoutError, RunMismatchError, ModelLoadError, UnsupportedModelError) as err:
         print(f"mmaccel: error: {err}", file=sys.stderr)
         return 2
     return 1

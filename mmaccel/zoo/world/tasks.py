@@ -17,13 +17,14 @@ from itertools import combinations
 
 import numpy as np
 
+from ...eval.pope import POST_PROMPT
 from .scenes import COLOURS, SHAPES, Scene
 
 POPE_SPLITS = ("random", "popular", "adversarial")
 MME_CATEGORIES = ("existence", "count", "position", "color")
 MME_SUFFIX = " Please answer yes or no."
 #: lmms-eval's post-prompt for POPE and MME (MME's own suffix is swapped for it).
-SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
+SHORT_ANSWER_PROMPT = POST_PROMPT
 CAPTION_PROMPT = "Describe the image."
 #: Relative frequency of each kind of question in :func:`image_qa_turns`.
 QUESTION_MIX = {"existence": 6, "color": 2, "count": 1, "position": 1, "caption": 1}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...eval.videomme import videomme_prompt
 from .scenes import COLOURS, SHAPES
 from .tasks import SHORT_ANSWER_PROMPT
 from .videos import Track, VideoScene
@@ -33,9 +34,6 @@ TASK_TYPES = {"first": "Temporal Reasoning", "last": "Temporal Reasoning", "move
               "left": "Temporal Perception", "count": "Counting Problem", "change": "Attribute Perception"}
 LETTERS = "ABCD"
 #: lmms-eval's ``videomme`` prompt around the question and its options (kept word for word, "subtitles" included).
-OPTION_PROMPT = ("Select the best answer to the following multiple-choice question based on the video and the "
-                 "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
-VIDEOMME_POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
 
 
 @dataclass(frozen=True)
@@ -75,11 +73,6 @@ def video_qa_turns(questions: list[VideoQuestion], rng: np.random.Generator,
         else:
             turns.append((question.question + SHORT_ANSWER_PROMPT, option_text(question)))
     return turns
-
-
-def videomme_prompt(question: str, options: list[str] | tuple[str, ...]) -> str:
-    """The text lmms-eval's ``videomme`` task sends with the frames (no subtitles)."""
-    return OPTION_PROMPT + "\n" + question + "\n" + "\n".join(options) + "\n" + VIDEOMME_POST_PROMPT
 
 
 def _unique_track(tracks: list[Track], video: VideoScene) -> Track | None:

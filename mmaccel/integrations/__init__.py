@@ -1,0 +1,1 @@
+"""Bridges to other tools (lmms-eval); each imports its tool only when used."""
