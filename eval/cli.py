@@ -100,14 +100,18 @@ def run(args: argparse.Namespace) -> int:
     }
     shard = Shard.from_environment()
     device = _device(args.device, shard)
-    model, processor = load_model(model_name, device=device, dtype=resolve_dtype(args.dtype, device))
+    dtype = resolve_dtype(args.dtype, device)
+    model, processor = load_model(model_name, device=device, dtype=dtype)
     options = RunOptions(max_new_tokens=max_new_tokens, warmup=args.warmup, measure_memory=args.memory,
                          retry_errors=args.retry_errors, progress=args.progress)
     merged = evaluate(model, processor, task, samples, configurations, args.out, identity, options, shard)
     if merged is None:
         return 0
     summary = summarize(task, merged)
-    summary["environment"] = {"device": str(device), "torch": torch.__version__, "world_size": shard.world_size}
+    for configuration in configurations:
+        summary["configurations"][configuration.name]["config"] = configuration.config.to_dict()
+    summary["environment"] = {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                              "torch": torch.__version__, "world_size": shard.world_size}
     print(f"mmaccel eval {task.name}  model={model_name}  samples={len(samples)}  device={device}")
     print(format_table(task, summary))
     print(f"wrote {write_results(args.out, identity, summary)}")

@@ -146,21 +146,27 @@ def evaluate(model: Any, processor: Any, task: Task, samples: list[Sample], conf
             text = task.prompt(sample)
             try:
                 inputs = build_inputs(processor, sample.kind, sample.load_media(), text, device)
-            except MediaError as err:
+            except Exception as err:  # a corrupt file or one the processor rejects: record it, go on
+                reason = str(err) if isinstance(err, MediaError) else f"cannot prepare the inputs ({_describe(err)})"
                 for configuration in pending:
                     stores[configuration.name].append({**base, "config": configuration.name, "prompt": text,
-                                                       "error": str(err)}, shard.rank)
+                                                       "error": reason}, shard.rank)
                 continue
             for configuration in pending:
                 configuration.apply(model)
-                if configuration.name not in warmed:
-                    for _ in range(options.warmup):
-                        answer(model, processor, inputs, options.max_new_tokens, measure_memory=False)
-                    warmed.add(configuration.name)
-                result = answer(model, processor, inputs, options.max_new_tokens, options.measure_memory)
-                stores[configuration.name].append({
-                    **base, "config": configuration.name, "prompt": text, **result,
-                    "parsed": task.parse(result["output"]), "error": None}, shard.rank)
+                record = {**base, "config": configuration.name, "prompt": text}
+                try:
+                    if configuration.name not in warmed:
+                        for _ in range(options.warmup):
+                            answer(model, processor, inputs, options.max_new_tokens, measure_memory=False)
+                        warmed.add(configuration.name)
+                    result = answer(model, processor, inputs, options.max_new_tokens, options.measure_memory)
+                except Exception as err:  # e.g. out of memory on one long video: record it, go on
+                    stores[configuration.name].append({**record, "error": f"generate failed ({_describe(err)})"},
+                                                      shard.rank)
+                    continue
+                stores[configuration.name].append({**record, **result, "parsed": task.parse(result["output"]),
+                                                   "error": None}, shard.rank)
     finally:
         restore(model)
         for store in stores.values():
@@ -174,3 +180,7 @@ def evaluate(model: Any, processor: Any, task: Task, samples: list[Sample], conf
         records = [r for k, r in stores[configuration.name].read().items() if k in order]
         merged[configuration.name] = sorted(records, key=lambda r: order[r["key"]])
     return merged
+
+
+def _describe(err: Exception) -> str:
+    return f"{err.__class__.__name__}: {err}"

@@ -127,3 +127,25 @@ def test_two_rank_sharded_run_equals_the_single_run(tmp_path: Path):
     assert sharded["metrics"] == single["metrics"] and sharded["errors"] == single["errors"] == 1
     ranks = sorted(p.name for p in (tmp_path / "sharded" / "predictions" / "none").iterdir())
     assert ranks == ["rank0.jsonl", "rank1.jsonl"]
+
+
+def test_a_failing_generate_is_recorded_and_the_run_goes_on(tiny, tmp_path: Path, monkeypatch):
+    import mmaccel.eval.runner as runner
+
+    model, processor = tiny("llava")
+    samples = Pope().load(write_pope(tmp_path / "POPE", per_split=1))
+    calls = []
+
+    def flaky_generate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_generate(*args, **kwargs)
+
+    real_generate = runner.timed_generate
+    monkeypatch.setattr(runner, "timed_generate", flaky_generate)
+    merged = evaluate(model, processor, Pope(), samples, [Configuration.parse("none")], tmp_path / "run", IDENTITY,
+                      _options(measure_memory=False))
+    errors = [r for r in merged["none"] if r["error"]]
+    assert [r["key"] for r in errors] == ["1"] and "RuntimeError: CUDA out of memory" in errors[0]["error"]
+    assert len(merged["none"]) == 3
