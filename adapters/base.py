@@ -146,6 +146,18 @@ class ModelAdapter:
         """Locate the visual and audio tokens of a processed batch (``inputs`` = the rest of the processor output)."""
         raise NotImplementedError
 
+    def visual_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean ``(batch, seq_len)``: the placeholder positions of images and video frames, from the token ids
+        alone (no processor outputs needed, so it also works on the inputs generate passes to the model, where the
+        media are already encoded)."""
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        for name in ("image_token_id", "video_token_id"):
+            try:
+                mask |= input_ids == self._token_id(name)
+            except ValueError:  # a family without this modality
+                continue
+        return mask
+
     def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                      **inputs: Any) -> torch.Tensor:
         """Position ids the language model uses at prefill: ``(batch, seq_len)`` for 1-D RoPE.

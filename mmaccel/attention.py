@@ -24,6 +24,9 @@ from .kernels import triton_unusable_reason
 ATTENTION_NAME = "mmaccel"
 #: Attribute set on each patched attention module: the kernel backend it runs ("auto", "torch" or "triton").
 BACKEND_ATTR = "_mmaccel_attention"
+#: Attribute set on the attention modules of sparse-prefill layers: a callable computing their prefill attention
+#: (see :mod:`mmaccel.prune.dynamic`), which returns ``None`` for calls it does not handle.
+SPARSE_ATTR = "_mmaccel_sparse_prefill"
 
 
 def mmaccel_attention_forward(
@@ -40,9 +43,18 @@ def mmaccel_attention_forward(
 
     ``query`` is ``(B, Hq, Lq, D)``; ``key``/``value`` are ``(B, Hkv, Lk, D)`` (not GQA-repeated); the mask is the
     boolean output of ``sdpa_mask`` or ``None`` for plain causal attention. Returns ``(B, Lq, Hq, D)``.
+
+    A module with a sparse-prefill callable (:data:`SPARSE_ATTR`) lets it compute the prefill; everything else runs
+    dense: through the module's kernel backend (:data:`BACKEND_ATTR`) when the ``kernels`` component set one, else
+    through transformers' SDPA, as the unpatched model would.
     """
-    backend = getattr(module, BACKEND_ATTR, "auto")
-    if dropout > 0.0 and module.training:
+    backend = getattr(module, BACKEND_ATTR, None)
+    sparse = getattr(module, SPARSE_ATTR, None)
+    if sparse is not None and not module.training:
+        out = sparse(query, key, value, attention_mask, scaling, backend or "auto")
+        if out is not None:
+            return out, None
+    if backend is None or (dropout > 0.0 and module.training):
         # Training with attention dropout is not what these inference kernels are for.
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)

@@ -25,6 +25,8 @@ class _SubConfig:
 
     #: Allowed values for enumerated fields.
     CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    #: Inclusive ``(low, high)`` bounds of numeric fields.
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {}
     #: The field a plain string selects (``accelerate(model, kernels="triton")``).
     PRIMARY: ClassVar[str] = "method"
     #: The section name in ``AccelConfig``.
@@ -45,6 +47,9 @@ class _SubConfig:
             if expected is not None and (not isinstance(value, expected) or
                                          (expected is not bool and isinstance(value, bool))):
                 raise ConfigError(f"{key}={value!r} must be of type {f.type}")
+            bounds = self.RANGES.get(f.name)
+            if bounds is not None and not bounds[0] <= value <= bounds[1]:
+                raise ConfigError(f"{key}={value!r} is out of range; allowed: {bounds[0]} to {bounds[1]}")
 
     @property
     def enabled(self) -> bool:
@@ -88,10 +93,24 @@ class KernelsConfig(_SubConfig):
 
 @dataclass
 class PruneConfig(_SubConfig):
-    """Prefill visual-token sparsification (dynamic sparse attention, fixed-budget pruning). Not yet available."""
+    """Prefill visual-token sparsification.
+
+    ``method``: ``"none"``, or ``"dynamic"`` (ZipVL-style dynamic sparse attention: at prefill, each layer from
+    ``dense_layers`` on scores the keys with probe queries and attends only to the text and the visual tokens whose
+    normalized scores make up a fraction ``tau`` of the visual tokens' total; decode is unchanged). Probes: the
+    last ``recent_probes`` positions (0: every position after the last visual token) and a ``random_probes``
+    fraction of the earlier ones, drawn with ``seed``. ``tau = 1`` keeps everything (the unpatched model's output).
+    """
 
     method: str = "none"
-    CHOICES: ClassVar = {"method": ("none",)}
+    tau: float = 0.97
+    dense_layers: int = 1
+    recent_probes: int = 0
+    random_probes: float = 0.05
+    seed: int = 0
+    CHOICES: ClassVar = {"method": ("none", "dynamic")}
+    RANGES: ClassVar = {"tau": (0.0, 1.0), "dense_layers": (0, 1_000_000), "recent_probes": (0, 1_000_000),
+                        "random_probes": (0.0, 1.0)}
     SECTION: ClassVar = "prune"
 
 
@@ -251,5 +270,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "mmaccel's flash-attention kernel for the language model (Triton on CUDA, PyTorch elsewhere); "
                        "lossless up to floating-point rounding.",
         "config": {"kernels": {"backend": "auto"}},
+    },
+    "balanced": {
+        "description": "ZipVL-style dynamic sparse prefill (tau 0.97, first layer dense): each layer attends only to "
+                       "the visual tokens that carry 97% of the probes' attention; small accuracy cost.",
+        "config": {"prune": {"method": "dynamic"}},
     },
 }

@@ -82,6 +82,10 @@ def build_components(config: AccelConfig) -> list[Component]:
     components: list[Component] = []
     if config.kernels.enabled:
         components.append(KernelsComponent(config.kernels.backend))
+    if config.prune.method == "dynamic":
+        from .prune import DynamicSparsePrefill
+
+        components.append(DynamicSparsePrefill(config.prune))
     return components
 
 

@@ -59,8 +59,18 @@ def test_unknown_preset_lists_presets():
 
 
 def test_components_not_yet_available_are_refused_with_what_is_allowed():
-    with pytest.raises(ConfigError, match=r"prune\.method='dynamic' is not allowed; allowed: 'none'"):
-        AccelConfig.resolve(prune="dynamic")
+    with pytest.raises(ConfigError, match=r"prune\.method='fixed' is not allowed; allowed: 'none', 'dynamic'"):
+        AccelConfig.resolve(prune="fixed")
+    with pytest.raises(ConfigError, match=r"kv\.method='mixed' is not allowed; allowed: 'none'"):
+        AccelConfig.resolve(kv="mixed")
+
+
+def test_numeric_fields_are_range_checked():
+    assert AccelConfig.resolve(prune={"method": "dynamic", "tau": 0.9}).prune.tau == 0.9
+    with pytest.raises(ConfigError, match=r"prune\.tau=1\.5 is out of range; allowed: 0\.0 to 1\.0"):
+        AccelConfig.resolve(prune={"method": "dynamic", "tau": 1.5})
+    with pytest.raises(ConfigError, match=r"prune\.dense_layers=-1 is out of range"):
+        AccelConfig.resolve(prune={"dense_layers": -1})
 
 
 def test_load_reads_json_file_and_reports_missing(tmp_path):

@@ -1,0 +1,156 @@
+"""ZipVL-style dynamic sparse attention at prefill, as an mmaccel component (``accelerate(model, prune="dynamic")``).
+
+At the prefill forward of ``generate``, each decoder layer from ``dense_layers`` on:
+
+1. scores every key with probe queries (:func:`~mmaccel.prune.scoring.normalized_scores`);
+2. keeps all text tokens, and of the visual tokens the smallest set whose scores reach ``tau`` of their total, per
+   batch row and key/value head (:func:`~mmaccel.prune.scoring.keep_by_mass`);
+3. attends with every query, at its own position, over the kept keys only
+   (:func:`mmaccel.kernels.sparse_attention`: Triton on CUDA, the gathering PyTorch path elsewhere).
+
+Decode steps and the first ``dense_layers`` layers are untouched; the KV cache keeps every token (the mixed-precision
+cache decides how precisely). Each layer's normalized scores of the last prefill are kept on the component
+(:attr:`DynamicSparsePrefill.scores`) for reuse by the KV cache. Which tokens are visual comes from the model's
+adapter, so no family's token positions are hard-coded; positions (RoPE, M-RoPE) are untouched because no token is
+removed from the sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attention import ATTENTION_NAME, SPARSE_ATTR, register_attention
+from ..config import PruneConfig
+from ..kernels import sparse_attention
+from ..kernels.attention_reference import normalize_mask
+from .scoring import keep_by_mass, normalized_scores, probe_positions
+
+
+@dataclass
+class PrefillInputs:
+    """What the sparse layers need to know about the prompt being prefilled (set by a pre-hook on the model)."""
+
+    visual: torch.Tensor | None = None  # (B, L) visual tokens
+    real: torch.Tensor | None = None  # (B, L) non-padding tokens
+    recent: int = 1  # how many trailing positions probe
+
+
+@dataclass
+class SparseLayer:
+    """The prefill attention of one decoder layer (installed as the module's :data:`SPARSE_ATTR`)."""
+
+    owner: DynamicSparsePrefill
+    layer: int
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
+                 scaling: float | None, backend: str) -> torch.Tensor | None:
+        """The layer's sparse attention ``(B, L, Hq, D)``, or ``None`` when this call is not a prefill of the
+        prompt the hook saw (decode, a chunk against a cache, an input without ids): the caller then runs dense."""
+        inputs = self.owner.inputs
+        seq_len = query.shape[2]
+        if inputs.visual is None or seq_len <= 1 or key.shape[2] != seq_len or inputs.visual.shape[1] != seq_len:
+            return None
+        config = self.owner.config
+        scale = 1.0 / query.shape[-1] ** 0.5 if scaling is None else scaling
+        allowed = normalize_mask(attention_mask, seq_len)
+        if allowed is None:
+            allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=query.device).tril()[None, None]
+        allowed = allowed.expand(query.shape[0], 1, seq_len, seq_len)
+        probes = probe_positions(seq_len, inputs.recent, config.random_probes, config.seed, query.device)
+        scores = normalized_scores(query, key, allowed, probes, scale)
+        keep = keep_by_mass(scores, inputs.visual, config.tau) | (inputs.real & ~inputs.visual)[:, None, :]
+        self.owner.record(self.layer, scores, (keep & inputs.visual[:, None, :]).sum(-1))
+        index, count = keep_to_index(keep)
+        return sparse_attention(query, key, value, index, count, causal=True, scale=scale, backend=backend)
+
+
+def keep_to_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascending kept positions ``(B, H, max kept)`` (padded with the last position) and their counts ``(B, H)``
+    from a ``(B, H, L)`` boolean keep mask."""
+    seq_len = keep.shape[-1]
+    positions = torch.arange(seq_len, device=keep.device).expand_as(keep)
+    ordered = torch.sort(torch.where(keep, positions, seq_len), dim=-1).values
+    count = keep.sum(-1)
+    width = max(1, int(count.max()))
+    return ordered[..., :width].clamp(max=seq_len - 1), count
+
+
+@dataclass
+class DynamicSparsePrefill:
+    """The ``prune="dynamic"`` component."""
+
+    config: PruneConfig
+    name: str = "prune"
+    inputs: PrefillInputs = field(default_factory=PrefillInputs)
+    #: Normalized key scores ``(B, Hkv, L)`` of each sparse layer at the last prefill.
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    kept_visual: dict[int, torch.Tensor] = field(default_factory=dict)
+    _modules: list[nn.Module] = field(default_factory=list)
+    _hook: Any = None
+    _switched_from: str | None = None
+    _state: Any = None
+
+    def install(self, model: nn.Module, state: Any) -> None:
+        """Route the language model's attention through mmaccel's function, give every layer from
+        ``dense_layers`` on its :class:`SparseLayer`, and watch the model's inputs."""
+        register_attention()
+        adapter = state.adapter
+        if adapter.text_config._attn_implementation != ATTENTION_NAME:
+            self._switched_from = adapter.text_config._attn_implementation
+            model.set_attn_implementation({adapter.text_config_key: ATTENTION_NAME})
+        self._state = state
+        self._modules = list(adapter.attention_modules)[self.config.dense_layers:]
+        for offset, module in enumerate(self._modules):
+            setattr(module, SPARSE_ATTR, SparseLayer(self, self.config.dense_layers + offset))
+        self._hook = model.register_forward_pre_hook(self._watch_inputs, with_kwargs=True)
+
+    def remove(self, model: nn.Module, state: Any) -> None:
+        """Undo :meth:`install`."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        for module in self._modules:
+            module.__dict__.pop(SPARSE_ATTR, None)
+        self._modules = []
+        if self._switched_from is not None:
+            model.set_attn_implementation({state.adapter.text_config_key: self._switched_from})
+            self._switched_from = None
+        self.inputs = PrefillInputs()
+
+    def _watch_inputs(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None or input_ids.shape[1] <= 1:
+            if input_ids is None:
+                self.inputs = PrefillInputs()
+            return  # a decode step: keep the prompt's layout (nothing uses it until the next prefill)
+        attention_mask = kwargs.get("attention_mask")
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        visual = self._state.adapter.visual_token_mask(input_ids) & real
+        recent = self.config.recent_probes or _tail_after_last_visual(visual)
+        self.inputs = PrefillInputs(visual=visual, real=real, recent=recent)
+        self.scores.clear()
+        self.kept_visual.clear()
+
+    def record(self, layer: int, scores: torch.Tensor, kept_visual: torch.Tensor) -> None:
+        """Keep a sparse layer's scores and kept counts, and update ``visual_tokens_kept`` in the patch stats: the
+        visual tokens attended to, averaged over layers (dense layers count them all) and key/value heads, summed
+        over rows."""
+        self.scores[layer] = scores
+        self.kept_visual[layer] = kept_visual
+        total = float(self.inputs.visual.sum())
+        layers = self.config.dense_layers + len(self._modules)
+        kept = sum(float(k.float().mean(-1).sum()) for k in self.kept_visual.values())
+        dense = total * (layers - len(self.kept_visual))
+        self._state.stats["visual_tokens_kept"] = (kept + dense) / max(1, layers)
+
+
+def _tail_after_last_visual(visual: torch.Tensor) -> int:
+    """The most positions after the last visual token in any row (at least 1): the instruction the probes read."""
+    seq_len = visual.shape[1]
+    positions = torch.arange(seq_len, device=visual.device).expand_as(visual)
+    last = torch.where(visual, positions, -1).amax(-1)  # -1 for rows without visual tokens
+    return max(1, int((seq_len - 1 - last).max()))
