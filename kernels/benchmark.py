@@ -4,7 +4,10 @@ Shapes are those of a 7-8B GQA model (Hq=32, Hkv=8, D=128), fp16 and bf16:
 
 * prefill: B=1, causal, Lq = Lk in 1024 / 4096 / 16384; one MHA row (Hkv=32); one row with a boolean left-padding
   mask (B=2, the mask path transformers takes for padded batches);
-* decode: Lq=1 against a cache of Lk in 1024 / 4096 / 16384 / 65536 keys, batch 1 and 8.
+* decode: Lq=1 against a cache of Lk in 1024 / 4096 / 16384 / 65536 keys, batch 1 and 8;
+* sparse prefill (``sparse25``, ``sparse50``): the sparse-prefill kernel keeping 25 % / 50 % of the keys (a random
+  ascending set per key/value head), against dense causal SDPA over all keys (the work it replaces); its error is
+  measured against the sparse reference instead of SDPA.
 
 Each row reports milliseconds (median of ``triton.testing.do_bench``) for ours, SDPA and the reference (skipped where
 the reference would need more than ``--ref-gb`` GB), achieved TFLOP/s (prefill; causal counts half the matrix) or
@@ -33,6 +36,8 @@ import torch.nn.functional as F
 
 from .attention import attention_triton
 from .attention_reference import attention_reference
+from .sparse_attention import sparse_attention_triton
+from .sparse_attention_reference import sparse_attention_reference
 
 # (kind, batch, q_heads, kv_heads, head_dim, kv_len, left_pad)
 PREFILL = [("prefill", 1, 32, 8, 128, n, 0) for n in (1024, 4096, 16384)] + [
@@ -40,7 +45,19 @@ PREFILL = [("prefill", 1, 32, 8, 128, n, 0) for n in (1024, 4096, 16384)] + [
     ("prefill-mask", 2, 32, 8, 128, 4096, 512),
 ]
 DECODE = [("decode", b, 32, 8, 128, n, 0) for b in (1, 8) for n in (1024, 4096, 16384, 65536)]
-SMOKE = [("prefill", 1, 4, 2, 32, 40, 0), ("prefill-mask", 2, 4, 2, 32, 24, 5), ("decode", 2, 4, 2, 32, 70, 0)]
+SPARSE = [(f"sparse{d}", 1, 32, 8, 128, n, 0) for n in (4096, 16384) for d in (25, 50)]
+SMOKE = [("prefill", 1, 4, 2, 32, 40, 0), ("prefill-mask", 2, 4, 2, 32, 24, 5), ("decode", 2, 4, 2, 32, 70, 0),
+         ("sparse50", 1, 4, 2, 32, 40, 0)]
+
+
+def _key_set(batch: int, kv_heads: int, kv_len: int, density: float, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random ascending set of ``density * kv_len`` key positions per (batch, kv head), and its counts."""
+    gen = torch.Generator(device=device).manual_seed(1)
+    kept = max(1, round(density * kv_len))
+    order = torch.rand(batch, kv_heads, kv_len, device=device, generator=gen).argsort(-1)[..., :kept]
+    index = order.sort(-1).values.to(torch.int32)
+    return index, torch.full((batch, kv_heads), kept, device=device, dtype=torch.int32)
 
 
 def _timer(device: torch.device):
@@ -122,23 +139,36 @@ def run_row(kind: str, batch: int, q_heads: int, kv_heads: int, head_dim: int, k
                            "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": head_dim, "q_len": q_len,
                            "kv_len": kv_len}
 
+    sparse = kind.startswith("sparse")
+    index, count = _key_set(batch, kv_heads, kv_len, int(kind.removeprefix("sparse")) / 100, device) if sparse \
+        else (None, None)
+
     def ours():
+        if sparse:
+            return sparse_attention_triton(q, k, v, index, count, causal=causal)
         return attention_triton(q, k, v, mask, causal=causal)
 
+    def reference():
+        if sparse:
+            return sparse_attention_reference(q, k, v, index, count, causal=causal)
+        return attention_reference(q, k, v, mask, causal=causal)
+
     sdpa, row["sdpa_impl"] = _sdpa(q, k, v, mask, causal)
-    got, want = ours().float(), sdpa().float()
+    # the reference's float32 scores, weights and repeated K/V
+    ref_bytes = 4 * batch * q_heads * (3 * q_len * kv_len + 2 * kv_len * head_dim)
+    fits = ref_bytes <= ref_gb * 1e9
+    got = ours().float()
+    want = reference().float() if sparse and fits else (None if sparse else sdpa().float())
     valid = torch.ones(batch, q_len, dtype=torch.bool, device=device)
     if mask is not None:
         valid = mask.any(-1).any(1)  # (B, Lq): rows with no allowed key are NaN or 0 depending on SDPA's backend
-    row["max_abs_err_vs_sdpa"] = (got - want).abs()[valid].max().item()
+    row["max_abs_err_vs_sdpa"] = float("nan") if want is None else (got - want).abs()[valid].max().item()
 
     row["ours_ms"] = timer(ours)
     row["sdpa_ms"] = timer(sdpa)
     row["sdpa_over_ours"] = row["sdpa_ms"] / row["ours_ms"]
-    # the reference's float32 scores, weights and repeated K/V
-    ref_bytes = 4 * batch * q_heads * (3 * q_len * kv_len + 2 * kv_len * head_dim)
-    if ref_bytes <= ref_gb * 1e9:
-        row["ref_ms"] = timer(lambda: attention_reference(q, k, v, mask, causal=causal))
+    if fits:
+        row["ref_ms"] = timer(reference)
         row["ref_over_ours"] = row["ref_ms"] / row["ours_ms"]
     else:
         row["ref_ms"] = None  # would not fit the budget
@@ -147,6 +177,8 @@ def run_row(kind: str, batch: int, q_heads: int, kv_heads: int, head_dim: int, k
         row["rate"], row["unit"] = kv_bytes / row["ours_ms"] / 1e6, "GB/s"
     else:
         visible = (q_len * kv_len - q_len * (q_len - 1) / 2) if q_len == kv_len else q_len * kv_len
+        if sparse:
+            visible *= int(kind.removeprefix("sparse")) / 100
         flops = 4 * batch * q_heads * visible * head_dim
         row["rate"], row["unit"] = flops / row["ours_ms"] / 1e9, "TFLOP/s"
     return row
@@ -164,7 +196,7 @@ def _line(row: dict[str, Any]) -> str:
     return (f"{row['kind']:<13}{row['dtype']:<9}{row['batch']:>3}{row['q_heads']:>4}{row['kv_heads']:>4}"
             f"{row['head_dim']:>5}{row['kv_len']:>7}{_fmt(row['ours_ms'], '10.3f')}{_fmt(row['sdpa_ms'], '10.3f')}"
             f"{_fmt(row.get('ref_ms'), '10.3f')}{_fmt(row['sdpa_over_ours'], '10.2f')}"
-            f"{row['rate']:>9.1f} {row['unit']:<6}{row['max_abs_err_vs_sdpa']:>10.1e}  {row['sdpa_impl']}")
+            f"{row['rate']:>9.1f} {row['unit']:<6}{_fmt(row['max_abs_err_vs_sdpa'], '10.1e')}  {row['sdpa_impl']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the rows (and failures) to this path")
     parser.add_argument("--dtypes", default="float16,bfloat16", help="comma-separated torch dtypes")
-    parser.add_argument("--only", choices=("prefill", "decode"), help="run only these rows")
+    parser.add_argument("--only", choices=("prefill", "decode", "sparse"), help="run only these rows")
     parser.add_argument("--ref-gb", type=float, default=12.0, help="skip the reference above this memory estimate")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, any device (CPU: Triton interpreter)")
     args = parser.parse_args(argv)
@@ -185,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         shapes = SMOKE
     elif torch.cuda.is_available():
         device = torch.device("cuda")
-        shapes = (PREFILL if args.only != "decode" else []) + (DECODE if args.only != "prefill" else [])
+        shapes = [row for group, rows in (("prefill", PREFILL), ("decode", DECODE), ("sparse", SPARSE))
+                  if args.only in (None, group) for row in rows]
     else:
         print("the kernel benchmark needs a CUDA GPU (or --smoke to check the script on CPU)")
         return 2
