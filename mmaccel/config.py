@@ -95,22 +95,31 @@ class KernelsConfig(_SubConfig):
 class PruneConfig(_SubConfig):
     """Prefill visual-token sparsification.
 
-    ``method``: ``"none"``, or ``"dynamic"`` (ZipVL-style dynamic sparse attention: at prefill, each layer from
-    ``dense_layers`` on scores the keys with probe queries and attends only to the text and the visual tokens whose
-    normalized scores make up a fraction ``tau`` of the visual tokens' total; decode is unchanged). Probes: the
-    last ``recent_probes`` positions (0: every position after the last visual token) and a ``random_probes``
-    fraction of the earlier ones, drawn with ``seed``. ``tau = 1`` keeps everything (the unpatched model's output).
+    ``method``:
+
+    - ``"none"``;
+    - ``"dynamic"`` (ZipVL-style dynamic sparse attention): at prefill, each layer from ``dense_layers`` on scores
+      the keys with probe queries and attends only to the text and the visual tokens whose normalized scores make up
+      a fraction ``tau`` of the visual tokens' total; decode is unchanged. ``tau = 1`` keeps everything;
+    - ``"budget"`` (FastV-style fixed budget): layer ``prune_layer - 1`` scores the tokens the same way, and from
+      layer ``prune_layer`` on only the best ``keep_ratio`` of each image's (or video's) visual tokens remain in the
+      sequence, so later layers compute and cache fewer tokens.
+
+    Probes: the last ``recent_probes`` positions (0: every position after the last visual token) and a
+    ``random_probes`` fraction of the earlier ones, drawn with ``seed``.
     """
 
     method: str = "none"
     tau: float = 0.97
     dense_layers: int = 1
+    keep_ratio: float = 0.25
+    prune_layer: int = 2
     recent_probes: int = 0
     random_probes: float = 0.05
     seed: int = 0
-    CHOICES: ClassVar = {"method": ("none", "dynamic")}
-    RANGES: ClassVar = {"tau": (0.0, 1.0), "dense_layers": (0, 1_000_000), "recent_probes": (0, 1_000_000),
-                        "random_probes": (0.0, 1.0)}
+    CHOICES: ClassVar = {"method": ("none", "dynamic", "budget")}
+    RANGES: ClassVar = {"tau": (0.0, 1.0), "dense_layers": (0, 1_000_000), "keep_ratio": (0.0, 1.0),
+                        "prune_layer": (1, 1_000_000), "recent_probes": (0, 1_000_000), "random_probes": (0.0, 1.0)}
     SECTION: ClassVar = "prune"
 
 
@@ -275,5 +284,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "ZipVL-style dynamic sparse prefill (tau 0.97, first layer dense): each layer attends only to "
                        "the visual tokens that carry 97% of the probes' attention; small accuracy cost.",
         "config": {"prune": {"method": "dynamic"}},
+    },
+    "fast": {
+        "description": "FastV-style fixed budget: after layer 2 only the best quarter of each image's (or video's) "
+                       "visual tokens stay in the sequence; later layers compute and cache fewer tokens. Larger "
+                       "accuracy cost than balanced.",
+        "config": {"prune": {"method": "budget", "keep_ratio": 0.25, "prune_layer": 2}},
     },
 }

@@ -86,6 +86,10 @@ def build_components(config: AccelConfig) -> list[Component]:
         from .prune import DynamicSparsePrefill
 
         components.append(DynamicSparsePrefill(config.prune))
+    elif config.prune.method == "budget":
+        from .prune import FixedBudgetPruning
+
+        components.append(FixedBudgetPruning(config.prune))
     return components
 
 

@@ -23,20 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention import ATTENTION_NAME, SPARSE_ATTR, register_attention
+from ..attention import SPARSE_ATTR
 from ..config import PruneConfig
 from ..kernels import sparse_attention
-from ..kernels.attention_reference import normalize_mask
-from .scoring import keep_by_mass, normalized_scores, probe_positions
-
-
-@dataclass
-class PrefillInputs:
-    """What the sparse layers need to know about the prompt being prefilled (set by a pre-hook on the model)."""
-
-    visual: torch.Tensor | None = None  # (B, L) visual tokens
-    real: torch.Tensor | None = None  # (B, L) non-padding tokens
-    recent: int = 1  # how many trailing positions probe
+from .common import PrefillInputs, is_prefill_of, probe_scores, read_prefill_inputs, route_attention, unroute_attention
+from .scoring import keep_by_mass
 
 
 @dataclass
@@ -51,21 +42,14 @@ class SparseLayer:
         """The layer's sparse attention ``(B, L, Hq, D)``, or ``None`` when this call is not a prefill of the
         prompt the hook saw (decode, a chunk against a cache, an input without ids): the caller then runs dense."""
         inputs = self.owner.inputs
-        seq_len = query.shape[2]
-        if inputs.visual is None or seq_len <= 1 or key.shape[2] != seq_len or inputs.visual.shape[1] != seq_len:
+        if not is_prefill_of(inputs, query, key):
             return None
         config = self.owner.config
-        scale = 1.0 / query.shape[-1] ** 0.5 if scaling is None else scaling
-        allowed = normalize_mask(attention_mask, seq_len)
-        if allowed is None:
-            allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=query.device).tril()[None, None]
-        allowed = allowed.expand(query.shape[0], 1, seq_len, seq_len)
-        probes = probe_positions(seq_len, inputs.recent, config.random_probes, config.seed, query.device)
-        scores = normalized_scores(query, key, allowed, probes, scale)
+        scores = probe_scores(query, key, attention_mask, inputs, config.random_probes, config.seed, scaling)
         keep = keep_by_mass(scores, inputs.visual, config.tau) | (inputs.real & ~inputs.visual)[:, None, :]
         self.owner.record(self.layer, scores, (keep & inputs.visual[:, None, :]).sum(-1))
         index, count = keep_to_index(keep)
-        return sparse_attention(query, key, value, index, count, causal=True, scale=scale, backend=backend)
+        return sparse_attention(query, key, value, index, count, causal=True, scale=scaling, backend=backend)
 
 
 def keep_to_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +69,7 @@ class DynamicSparsePrefill:
 
     config: PruneConfig
     name: str = "prune"
-    inputs: PrefillInputs = field(default_factory=PrefillInputs)
+    inputs: PrefillInputs | None = None
     #: Normalized key scores ``(B, Hkv, L)`` of each sparse layer at the last prefill.
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
     kept_visual: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -97,11 +81,8 @@ class DynamicSparsePrefill:
     def install(self, model: nn.Module, state: Any) -> None:
         """Route the language model's attention through mmaccel's function, give every layer from
         ``dense_layers`` on its :class:`SparseLayer`, and watch the model's inputs."""
-        register_attention()
         adapter = state.adapter
-        if adapter.text_config._attn_implementation != ATTENTION_NAME:
-            self._switched_from = adapter.text_config._attn_implementation
-            model.set_attn_implementation({adapter.text_config_key: ATTENTION_NAME})
+        self._switched_from = route_attention(model, adapter)
         self._state = state
         self._modules = list(adapter.attention_modules)[self.config.dense_layers:]
         for offset, module in enumerate(self._modules):
@@ -116,22 +97,15 @@ class DynamicSparsePrefill:
         for module in self._modules:
             module.__dict__.pop(SPARSE_ATTR, None)
         self._modules = []
-        if self._switched_from is not None:
-            model.set_attn_implementation({state.adapter.text_config_key: self._switched_from})
-            self._switched_from = None
-        self.inputs = PrefillInputs()
+        unroute_attention(model, state.adapter, self._switched_from)
+        self._switched_from = None
+        self.inputs = None
 
     def _watch_inputs(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None or input_ids.shape[1] <= 1:
-            if input_ids is None:
-                self.inputs = PrefillInputs()
-            return  # a decode step: keep the prompt's layout (nothing uses it until the next prefill)
-        attention_mask = kwargs.get("attention_mask")
-        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        visual = self._state.adapter.visual_token_mask(input_ids) & real
-        recent = self.config.recent_probes or _tail_after_last_visual(visual)
-        self.inputs = PrefillInputs(visual=visual, real=real, recent=recent)
+        inputs = read_prefill_inputs(self._state.adapter, args, kwargs, self.config.recent_probes)
+        if inputs is None:
+            return  # a decode step: nothing to do until the next prefill
+        self.inputs = inputs
         self.scores.clear()
         self.kept_visual.clear()
 
@@ -147,10 +121,3 @@ class DynamicSparsePrefill:
         dense = total * (layers - len(self.kept_visual))
         self._state.stats["visual_tokens_kept"] = (kept + dense) / max(1, layers)
 
-
-def _tail_after_last_visual(visual: torch.Tensor) -> int:
-    """The most positions after the last visual token in any row (at least 1): the instruction the probes read."""
-    seq_len = visual.shape[1]
-    positions = torch.arange(seq_len, device=visual.device).expand_as(visual)
-    last = torch.where(visual, positions, -1).amax(-1)  # -1 for rows without visual tokens
-    return max(1, int((seq_len - 1 - last).max()))
