@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     model, processor = load_model(model_name, device=device, dtype=dtype)
     options = RunOptions(max_new_tokens=max_new_tokens, warmup=args.warmup, measure_memory=args.memory,
                          retry_errors=args.retry_errors, progress=args.progress)
-    merged = evaluate(model, processor, task, samples, configurations, args.out, identity, options, shard)
+    try:
+        merged = evaluate(model, processor, task, samples, configurations, args.out, identity, options, shard)
+    finally:
+        shard.close()
     if merged is None:
         return 0
     summary = summarize(task, merged)

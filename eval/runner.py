@@ -74,6 +74,14 @@ class Shard:
             dist.init_process_group("gloo")
         dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group this shard started (if any)."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
 
 @dataclass
 class RunOptions:
