@@ -27,6 +27,9 @@ BACKEND_ATTR = "_mmaccel_attention"
 #: Attribute set on the attention modules of sparse-prefill layers: a callable computing their prefill attention
 #: (see :mod:`mmaccel.prune.dynamic`), which returns ``None`` for calls it does not handle.
 SPARSE_ATTR = "_mmaccel_sparse_prefill"
+#: Attribute set on attention modules whose cache layer wants to see the attention (the mixed-precision KV cache,
+#: :mod:`mmaccel.kv.component`): called with the layer's queries and keys before attention.
+KV_ATTR = "_mmaccel_kv_observer"
 
 
 def mmaccel_attention_forward(
@@ -49,6 +52,9 @@ def mmaccel_attention_forward(
     through transformers' SDPA, as the unpatched model would.
     """
     backend = getattr(module, BACKEND_ATTR, None)
+    observer = getattr(module, KV_ATTR, None)
+    if observer is not None and not module.training:
+        observer(query, key, attention_mask, scaling)
     sparse = getattr(module, SPARSE_ATTR, None)
     if sparse is not None and not module.training:
         out = sparse(query, key, value, attention_mask, scaling, backend or "auto")

@@ -134,10 +134,21 @@ class StreamConfig(_SubConfig):
 
 @dataclass
 class KVConfig(_SubConfig):
-    """Mixed-precision KV cache for decode. Not yet available."""
+    """Mixed-precision KV cache (``method="mixed"``): tokens leave a full-precision window of at least ``window``
+    recent tokens ``block`` at a time, packed at ``high_bits`` for the ``salient_ratio`` share with the highest
+    normalized attention and at ``low_bits`` for the rest (probe queries at prefill, each new query at decode, with
+    ``random_probes`` as in ``prune``)."""
 
     method: str = "none"
-    CHOICES: ClassVar = {"method": ("none",)}
+    high_bits: int = 4
+    low_bits: int = 2
+    salient_ratio: float = 0.6
+    window: int = 128
+    block: int = 64
+    random_probes: float = 0.05
+    CHOICES: ClassVar = {"method": ("none", "mixed"), "high_bits": (2, 4, 8), "low_bits": (2, 4, 8)}
+    RANGES: ClassVar = {"salient_ratio": (0.0, 1.0), "window": (1, 1_000_000), "block": (1, 1_000_000),
+                        "random_probes": (0.0, 1.0)}
     SECTION: ClassVar = "kv"
 
 

@@ -90,6 +90,10 @@ def build_components(config: AccelConfig) -> list[Component]:
         from .prune import FixedBudgetPruning
 
         components.append(FixedBudgetPruning(config.prune))
+    if config.kv.method == "mixed":
+        from .kv.component import MixedPrecisionKV
+
+        components.append(MixedPrecisionKV(config.kv))
     return components
 
 

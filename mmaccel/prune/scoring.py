@@ -32,13 +32,13 @@ def probe_positions(seq_len: int, recent: int, random_fraction: float, seed: int
     return torch.sort(positions).values.to(device)
 
 
-def normalized_scores(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, probes: torch.Tensor,
-                      scale: float) -> torch.Tensor:
-    """``(B, Hkv, Lk)`` normalized importance of every key.
+def probe_attention(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, probes: torch.Tensor,
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention the probe queries pay each key, summed over probes and over the query heads of each
+    key/value head, ``(B, Hkv, Lk)``, and how many probes can see each key, ``(B, Lk)``.
 
     ``query`` ``(B, Hq, Lq, D)`` and ``key`` ``(B, Hkv, Lk, D)`` (grouped-query), ``allowed`` the boolean
-    ``(B, 1, Lq, Lk)`` attention mask (causality and padding), ``probes`` the query positions that score. Keys no
-    probe can see score 0.
+    ``(B, 1, Lq, Lk)`` attention mask (causality and padding), ``probes`` the query positions that score.
     """
     batch, q_heads, _, head_dim = query.shape
     kv_heads = key.shape[1]
@@ -48,9 +48,15 @@ def normalized_scores(query: torch.Tensor, key: torch.Tensor, allowed: torch.Ten
     visible = allowed[:, 0, probes]  # (B, P, Lk)
     logits = logits.masked_fill(~visible[:, None, None], float("-inf"))
     weights = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)  # a probe that sees nothing: zeros
-    summed = weights.sum(dim=(2, 3))  # over the group's query heads and the probes: (B, Hkv, Lk)
-    seen_by = visible.sum(dim=1)  # probes that can see each key: (B, Lk)
-    return summed / seen_by.clamp(min=1)[:, None, :] / group
+    return weights.sum(dim=(2, 3)), visible.sum(dim=1)
+
+
+def normalized_scores(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, probes: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """``(B, Hkv, Lk)`` normalized importance of every key: its :func:`probe_attention` divided by the number of
+    probes that can see it (and averaged over the query heads of a group). Keys no probe can see score 0."""
+    summed, seen_by = probe_attention(query, key, allowed, probes, scale)
+    return summed / seen_by.clamp(min=1)[:, None, :] / (query.shape[1] // key.shape[1])
 
 
 def keep_by_mass(scores: torch.Tensor, candidates: torch.Tensor, tau: float) -> torch.Tensor:
