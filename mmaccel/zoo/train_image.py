@@ -10,6 +10,12 @@ The loss is on answer tokens only. Questions mix existence (balanced yes/no, neg
 shapes, so the theme priors survive, as in real instruction data), colour, count and position yes/no questions and
 captions.
 
+Training has two stages. First the vision tower alone learns to see (``--vision-steps``): per patch, the shape and
+colour of the object under it (exact labels from :func:`~mmaccel.zoo.world.patch_labels`), and per image, which
+shapes it holds (the largest patch score of each shape). A tower trained only through the language model learns this
+slowly: a linear probe on the first bundled model's tower found the right shape for 46 % of object patches. Then the
+whole model trains on conversations.
+
 Language-model loss alone teaches the language prior fast and vision slowly: a from-scratch model gets one bit of
 signal per yes/no answer and sits on a long plateau where the answer ignores both the image and the question. So
 training adds auxiliary losses, all through heads that are discarded afterwards:
@@ -51,32 +57,94 @@ def patch_targets(scene: Scene, size: int, patch: int) -> tuple[np.ndarray, np.n
     return shape_of[objects], colour_of[objects]
 
 
+def scene_batch(processor: Any, scenes: list[Scene], rng: np.random.Generator, patch: int) -> dict[str, torch.Tensor]:
+    """``scenes`` rendered (pixel noise seeded from ``rng``) as ``pixel_values``, with per-patch ``shape_targets``
+    and ``colour_targets`` and per-image ``presence`` of each shape."""
+    size = processor.image_processor.crop_size["height"]
+    images = [render_scene(scene, size=size, seed=int(rng.integers(2**31))) for scene in scenes]
+    shapes, colours = zip(*(patch_targets(scene, size, patch) for scene in scenes), strict=True)
+    return {"pixel_values": processor.image_processor(images, return_tensors="pt")["pixel_values"],
+            "shape_targets": torch.from_numpy(np.stack(shapes)).long(),
+            "colour_targets": torch.from_numpy(np.stack(colours)).long(),
+            "presence": torch.tensor([[float(s in scene.shapes_present()) for s in SHAPES] for scene in scenes])}
+
+
+def vision_batch(processor: Any, rng: np.random.Generator, batch_size: int, patch: int) -> dict[str, torch.Tensor]:
+    """:func:`scene_batch` of ``batch_size`` fresh scenes, for the vision stage."""
+    return scene_batch(processor, [sample_scene(rng) for _ in range(batch_size)], rng, patch)
+
+
+def patch_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``(batch, patches, classes)`` logits against ``(batch, patches)`` classes."""
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+class VisionProbe(torch.nn.Module):
+    """The vision stage's head on the tower's patch features (those the projector receives): per-patch shape and
+    colour classes, and per-image presence of each shape as its best patch's shape score over the background's."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.tower = model.model.vision_tower
+        self.head = torch.nn.Linear(model.config.vision_config.hidden_size, 2 * (1 + len(SHAPES)))
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Last-layer patch features without the CLS token (LLaVA's ``"default"`` selection)."""
+        return self.tower(pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Patch cross-entropies (shape + colour) and presence binary cross-entropy."""
+        shape_logits, colour_logits = self.head(self.features(batch["pixel_values"])).float().chunk(2, dim=-1)
+        presence_logits = shape_logits[..., 1:].amax(dim=1) - shape_logits[..., :1].amax(dim=1)
+        return {
+            "patch_loss": patch_cross_entropy(shape_logits, batch["shape_targets"])
+            + patch_cross_entropy(colour_logits, batch["colour_targets"]),
+            "presence_loss": torch.nn.functional.binary_cross_entropy_with_logits(presence_logits, batch["presence"]),
+        }
+
+    @torch.no_grad()
+    def accuracy(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Shape accuracy on object patches and presence accuracy (logit > 0) of a held-out batch."""
+        shape_logits = self.head(self.features(batch["pixel_values"])).float().chunk(2, dim=-1)[0]
+        targets = batch["shape_targets"]
+        objects = targets > 0
+        presence = (shape_logits[..., 1:].amax(dim=1) - shape_logits[..., :1].amax(dim=1)) > 0
+        object_patch_acc = (shape_logits.argmax(-1)[objects] == targets[objects]).float().mean().item()
+        return {"object_patch_acc": round(object_patch_acc, 4),
+                "presence_acc": round((presence == batch["presence"].bool()).float().mean().item(), 4)}
+
+
+def pretrain_vision(model: Any, processor: Any, out: Path, steps: int, batch_size: int, lr: float,
+                    seed: int) -> tuple[list[dict], float, torch.nn.Linear]:
+    """The vision stage: trains the tower and a patch head for ``steps`` steps on its own seeded scene stream;
+    returns the log (with held-out accuracies every 500 steps), the wall time in minutes and the head."""
+    probe = VisionProbe(model)
+    patch = model.config.vision_config.patch_size
+    rng = np.random.default_rng(seed + 1)
+    held_out = vision_batch(processor, np.random.default_rng(seed + 500_000), 200, patch)
+    history, minutes = train_loop(
+        probe, list(probe.parameters()), lambda: vision_batch(processor, rng, batch_size, patch), probe.losses,
+        steps=steps, lr=lr, out=out, evaluate=lambda step: probe.accuracy(held_out), eval_every=500, log_every=100)
+    return history, minutes, probe.head
+
+
 def make_batch(processor: Any, rng: np.random.Generator, batch_size: int, num_turns: int,
                image_tokens: int) -> dict[str, torch.Tensor]:
     """A right-padded training batch of fresh scenes, with the auxiliary targets: per-patch ``shape_targets`` and
     ``colour_targets``, per-image ``presence`` of each shape, and ``answers`` rows of (row, position predicting the
     answer, asked shape or -100)."""
     tokenizer = processor.tokenizer
-    size = processor.image_processor.crop_size["height"]
-    patch = size // math.isqrt(image_tokens)
-    images, sequences, shapes, colours, presence, answers = [], [], [], [], [], []
-    for row in range(batch_size):
-        scene = sample_scene(rng)
-        images.append(render_scene(scene, size=size, seed=int(rng.integers(2**31))))
+    patch = processor.image_processor.crop_size["height"] // math.isqrt(image_tokens)
+    scenes = [sample_scene(rng) for _ in range(batch_size)]
+    sequences, answers = [], []
+    for row, scene in enumerate(scenes):
         turns = image_qa_turns(scene, rng, num_turns)
         sequences.append(encode_conversation(tokenizer, turns, image_tokens))
-        shape_target, colour_target = patch_targets(scene, size, patch)
-        shapes.append(shape_target)
-        colours.append(colour_target)
-        presence.append([float(s in scene.shapes_present()) for s in SHAPES])
         for position, (question, _) in zip(answer_positions(sequences[-1][1]), turns, strict=True):
             asked = _EXISTENCE.match(question)
             answers.append((row, position, SHAPES.index(asked.group(1)) if asked else -100))
-    pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-    return {**pad_right(sequences, tokenizer.pad_token_id), "pixel_values": pixel_values,
-            "shape_targets": torch.from_numpy(np.stack(shapes)).long(),
-            "colour_targets": torch.from_numpy(np.stack(colours)).long(),
-            "presence": torch.tensor(presence), "answers": torch.tensor(answers)}
+    return {**pad_right(sequences, tokenizer.pad_token_id), **scene_batch(processor, scenes, rng, patch),
+            "answers": torch.tensor(answers)}
 
 
 _EXISTENCE = re.compile(r"^Is there a (\w+) in the image\?")
@@ -142,14 +210,12 @@ class PatchProbe(torch.nn.Module):
 
     def losses(self, shape_targets: torch.Tensor, colour_targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both auxiliary losses for the last forward pass."""
-        def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-
         shape_logits, colour_logits = self.head(self.features).float().chunk(2, dim=-1)
         return {
-            "patch_loss": cross_entropy(shape_logits, shape_targets) + cross_entropy(colour_logits, colour_targets),
-            "align_loss": cross_entropy(self._word_logits(self.shape_words, self.background[0]), shape_targets)
-            + cross_entropy(self._word_logits(self.colour_words, self.background[1]), colour_targets),
+            "patch_loss": patch_cross_entropy(shape_logits, shape_targets)
+            + patch_cross_entropy(colour_logits, colour_targets),
+            "align_loss": patch_cross_entropy(self._word_logits(self.shape_words, self.background[0]), shape_targets)
+            + patch_cross_entropy(self._word_logits(self.colour_words, self.background[1]), colour_targets),
         }
 
 
@@ -178,13 +244,21 @@ def quick_pope_accuracy(model: Any, processor: Any, seed: int, num_images: int =
 
 
 def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, seed: int, eval_every: int,
-          save_every: int = 0, aux_weight: float = 1.0) -> dict:
-    """Train and save to ``out``; returns the run's summary (also written to ``out/training.json``)."""
+          save_every: int = 0, aux_weight: float = 1.0, vision_steps: int = 0, vision_batch_size: int = 32) -> dict:
+    """Train (vision stage, then the whole model) and save to ``out``; returns the run's summary (also written to
+    ``out/training.json``)."""
     torch.manual_seed(seed)
     model, processor = build_shapes_image(seed)
+    vision_history, vision_minutes, vision_head = [], 0.0, None
+    if vision_steps:
+        vision_history, vision_minutes, vision_head = pretrain_vision(model, processor, out, vision_steps,
+                                                                      vision_batch_size, lr, seed)
+        model.train()
     image_tokens = model.config.image_seq_length
     rng = np.random.default_rng(seed)
     probe = PatchProbe(model, processor.tokenizer)
+    if vision_head is not None:  # same classes in the same order: keep what the vision stage learned
+        probe.head.load_state_dict(vision_head.state_dict())
     answer_probe = AnswerProbe(model)
 
     def losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -203,8 +277,10 @@ def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, see
     probe.hook.remove()
     final = quick_pope_accuracy(model, processor, seed=999_999, num_images=100)
     summary = {"steps": steps, "batch_size": batch_size, "turns": num_turns, "lr": lr, "seed": seed,
-               "aux_weight": aux_weight, "wall_minutes": round(minutes, 1), "quick_pope_acc_heldout": final,
-               "parameters": sum(p.numel() for p in model.parameters()), "history": history}
+               "aux_weight": aux_weight, "vision_steps": vision_steps, "vision_batch_size": vision_batch_size,
+               "vision_minutes": round(vision_minutes, 1), "wall_minutes": round(vision_minutes + minutes, 1),
+               "quick_pope_acc_heldout": final, "parameters": sum(p.numel() for p in model.parameters()),
+               "vision_history": vision_history, "history": history}
     save_model(model, processor, out, summary)
     return summary
 
@@ -213,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command line of the trainer."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where to save the model (save_pretrained layout)")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--vision-steps", type=int, default=2500, help="steps of the vision stage (0: none)")
+    parser.add_argument("--vision-batch-size", type=int, default=32, help="images per vision-stage step")
+    parser.add_argument("--steps", type=int, default=1400, help="steps of the whole-model stage")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--turns", type=int, default=8, help="questions per conversation")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -226,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     summary = train(Path(args.out), args.steps, args.batch_size, args.turns, args.lr, args.seed, args.eval_every,
-                    args.save_every, args.aux_weight)
+                    args.save_every, args.aux_weight, args.vision_steps, args.vision_batch_size)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 

@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from mmaccel.zoo.reference import IMAGE_SIZE, shapes_image_config, shapes_image_processor
-from mmaccel.zoo.train_image import make_batch
+from mmaccel.zoo.reference import IMAGE_SIZE, build_shapes_image, shapes_image_config, shapes_image_processor
+from mmaccel.zoo.train_image import VisionProbe, make_batch, pretrain_vision, scene_batch, vision_batch
 from mmaccel.zoo.training import encode_conversation
-from mmaccel.zoo.world import sample_scene
+from mmaccel.zoo.world import SHAPES, sample_scene
 from mmaccel.zoo.world.tasks import SHORT_ANSWER_PROMPT, image_qa_turns
 
 
@@ -42,3 +42,21 @@ def test_batch_shapes_and_model_config():
     assert ((batch["input_ids"] == processor.tokenizer.image_token_id).sum(-1) == 256).all()
     assert torch.equal(batch["labels"][batch["attention_mask"] == 0],
                        torch.full_like(batch["labels"][batch["attention_mask"] == 0], -100))
+
+
+def test_vision_stage_targets_are_the_scenes_and_its_loss_falls(tmp_path):
+    torch.manual_seed(0)
+    model, processor = build_shapes_image(0)
+    rng = np.random.default_rng(5)
+    scenes = [sample_scene(np.random.default_rng(seed)) for seed in (1, 2)]
+    batch = scene_batch(processor, scenes, rng, patch=8)
+    assert batch["shape_targets"].shape == (2, 256)
+    for row, scene in enumerate(scenes):
+        present = {SHAPES[int(c) - 1] for c in batch["shape_targets"][row].unique() if c > 0}
+        assert present <= scene.shapes_present()
+        assert batch["presence"][row].tolist() == [float(s in scene.shapes_present()) for s in SHAPES]
+    history, _, head = pretrain_vision(model, processor, tmp_path, steps=12, batch_size=4, lr=1e-3, seed=0)
+    assert history[-1]["patch_loss"] < history[0]["patch_loss"]
+    assert head.out_features == 2 * (1 + len(SHAPES))
+    accuracy = VisionProbe(model).accuracy(vision_batch(processor, rng, 2, patch=8))
+    assert set(accuracy) == {"object_patch_acc", "presence_acc"}
