@@ -61,8 +61,8 @@ def test_unknown_preset_lists_presets():
 def test_components_not_yet_available_are_refused_with_what_is_allowed():
     with pytest.raises(ConfigError, match=r"prune\.method='fixed' is not allowed; allowed: 'none', 'dynamic'"):
         AccelConfig.resolve(prune="fixed")
-    with pytest.raises(ConfigError, match=r"kv\.method='mixed' is not allowed; allowed: 'none'"):
-        AccelConfig.resolve(kv="mixed")
+    with pytest.raises(ConfigError, match=r"spec\.method='draft_head' is not allowed; allowed: 'none'"):
+        AccelConfig.resolve(spec="draft_head")
 
 
 def test_numeric_fields_are_range_checked():
