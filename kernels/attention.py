@@ -285,6 +285,17 @@ def _num_splits(programs: int, kv_len: int, block_n: int, device: torch.device) 
     return max(1, splits)
 
 
+def check_triton_inputs(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise ``RuntimeError`` when ``op``'s Triton kernel cannot run on these tensors' device, and ``ValueError``
+    unless q, k, v share one dtype among float16, bfloat16 and float32."""
+    reason = triton_unusable_reason(q.device)
+    if reason is not None:
+        raise RuntimeError(f"{op} backend 'triton' cannot run: {reason}; use backend='torch' or 'auto'")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"{op} backend 'triton' needs q, k, v of one dtype among float16, bfloat16, float32; "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
 def attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -299,14 +310,9 @@ def attention_triton(
     Needs q, k, v of one dtype (float16, bfloat16 or float32) on a CUDA device, or CPU tensors under
     ``TRITON_INTERPRET=1``. Raises ``RuntimeError`` naming what is missing when it cannot run here.
     """
-    reason = triton_unusable_reason(q.device)
-    if reason is not None:
-        raise RuntimeError(f"attention backend 'triton' cannot run: {reason}; use backend='torch' or 'auto'")
+    check_triton_inputs("attention", q, k, v)
     kernels = _kernels()
     check_shapes(q, k, v, mask)
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"attention backend 'triton' needs q, k, v of one dtype among float16, bfloat16, float32; "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
     batch, q_heads, q_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     group = q_heads // kv_heads

@@ -138,15 +138,10 @@ def sparse_attention_triton(
 ) -> torch.Tensor:
     """The Triton kernel; same signature and semantics as :func:`sparse_attention_reference`. Needs q, k, v of one
     dtype (float16, bfloat16 or float32) on CUDA, or CPU tensors under ``TRITON_INTERPRET=1``."""
-    reason = dense.triton_unusable_reason(q.device)
-    if reason is not None:
-        raise RuntimeError(f"sparse attention backend 'triton' cannot run: {reason}; use backend='torch' or 'auto'")
+    dense.check_triton_inputs("sparse attention", q, k, v)
     kernels = _kernels()
     check_shapes(q, k, v, None)
     check_index(k, key_index, key_count)
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"sparse attention backend 'triton' needs q, k, v of one dtype among float16, bfloat16, "
-                         f"float32; got {q.dtype}, {k.dtype}, {v.dtype}")
     batch, q_heads, q_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     group = q_heads // kv_heads
