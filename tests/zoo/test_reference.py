@@ -49,7 +49,7 @@ def test_shapes_image_answers_existence_questions_above_chance():
             answers.append(answer)
     predictions = answer_image_questions(model, processor, images, questions)
     accuracy = np.mean([p == a for p, a in zip(predictions, answers, strict=True)])
-    assert accuracy >= 0.7  # chance is 0.5; the model card reports the full held-out figures
+    assert accuracy >= 0.85  # 0.95 with the bundled model; chance is 0.5; the card has the full held-out figures
 
 
 def test_shapes_video_counts_objects_over_time_above_chance():
