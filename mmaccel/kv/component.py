@@ -19,8 +19,7 @@ from torch import nn
 
 from ..attention import KV_ATTR
 from ..config import KVConfig
-from ..kernels.attention_reference import normalize_mask
-from ..prune.common import PrefillInputs, read_prefill_inputs, route_attention, unroute_attention
+from ..prune.common import PrefillInputs, allowed_keys, read_prefill_inputs, route_attention, unroute_attention
 from ..prune.scoring import probe_attention, probe_positions
 from .cache import MixedPrecisionLayer
 
@@ -40,12 +39,8 @@ class WindowObserver:
         layer = cache.layers[self.layer]
         if not isinstance(layer, MixedPrecisionLayer) or layer.score_sum is None:
             return
-        q_len, kv_len = query.shape[2], key.shape[2]
-        allowed = normalize_mask(attention_mask, kv_len)
-        if allowed is None:
-            rows = torch.arange(q_len, device=query.device)[:, None] + (kv_len - q_len)
-            allowed = (torch.arange(kv_len, device=query.device)[None, :] <= rows)[None, None]
-        allowed = allowed.expand(query.shape[0], 1, q_len, kv_len)
+        q_len = query.shape[2]
+        allowed = allowed_keys(attention_mask, query, key)
         inputs = self.owner.inputs
         if q_len > 1:
             recent = inputs.recent if inputs is not None else 1

@@ -27,7 +27,15 @@ from torch import nn
 
 from ..attention import SPARSE_ATTR
 from ..config import PruneConfig
-from .common import PrefillInputs, is_prefill_of, probe_scores, read_prefill_inputs, route_attention, unroute_attention
+from .common import (
+    PrefillInputs,
+    is_prefill_of,
+    keep_to_index,
+    probe_scores,
+    read_prefill_inputs,
+    route_attention,
+    unroute_attention,
+)
 
 
 @dataclass
@@ -69,8 +77,7 @@ def plan_kept_tokens(scores: torch.Tensor, inputs: PrefillInputs, keep_ratio: fl
         if missing > 0:
             candidates = scores[row].masked_fill(keep[row] | ~inputs.visual[row], float("-inf"))
             keep[row, torch.topk(candidates, missing).indices] = True
-    positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
-    return torch.sort(torch.where(keep, positions, keep.shape[1]), dim=-1).values[:, :target]
+    return keep_to_index(keep)[0]  # every row keeps ``target`` tokens, so nothing is padded
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..attention import ATTENTION_NAME, register_attention
+from ..kernels.attention_reference import normalize_mask
 
 
 @dataclass
@@ -59,20 +60,36 @@ def unroute_attention(model: nn.Module, adapter: Any, original: str | None) -> N
         model.set_attn_implementation({adapter.text_config_key: original})
 
 
+def allowed_keys(attention_mask: Any, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """The boolean ``(B, 1, Lq, Lk)`` "may attend" mask of an attention call: the given mask, or bottom-right
+    aligned causality when there is none (the queries being the last ``Lq`` positions)."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    allowed = normalize_mask(attention_mask, kv_len)
+    if allowed is None:
+        rows = torch.arange(q_len, device=query.device)[:, None] + (kv_len - q_len)
+        allowed = (torch.arange(kv_len, device=query.device)[None, :] <= rows)[None, None]
+    return allowed.expand(query.shape[0], 1, q_len, kv_len)
+
+
 def probe_scores(query: torch.Tensor, key: torch.Tensor, attention_mask: Any, inputs: PrefillInputs,
                  random_probes: float, seed: int, scaling: float | None) -> torch.Tensor:
     """Normalized importance ``(B, Hkv, L)`` of every key at a prefill attention call (see :mod:`.scoring`)."""
-    from ..kernels.attention_reference import normalize_mask
     from .scoring import normalized_scores, probe_positions
 
-    seq_len = query.shape[2]
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    allowed = normalize_mask(attention_mask, seq_len)
-    if allowed is None:
-        allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=query.device).tril()[None, None]
-    allowed = allowed.expand(query.shape[0], 1, seq_len, seq_len)
-    probes = probe_positions(seq_len, inputs.recent, random_probes, seed, query.device)
-    return normalized_scores(query, key, allowed, probes, scale)
+    probes = probe_positions(query.shape[2], inputs.recent, random_probes, seed, query.device)
+    return normalized_scores(query, key, allowed_keys(attention_mask, query, key), probes, scale)
+
+
+def keep_to_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascending kept positions ``(..., max kept)`` (rows keeping fewer are padded with the last position) and
+    their counts ``(...)``, from a ``(..., L)`` boolean keep mask."""
+    seq_len = keep.shape[-1]
+    positions = torch.arange(seq_len, device=keep.device).expand_as(keep)
+    ordered = torch.sort(torch.where(keep, positions, seq_len), dim=-1).values
+    count = keep.sum(-1)
+    width = max(1, int(count.max()))
+    return ordered[..., :width].clamp(max=seq_len - 1), count
 
 
 def is_prefill_of(inputs: PrefillInputs | None, query: torch.Tensor, key: torch.Tensor) -> bool:

@@ -26,7 +26,15 @@ from torch import nn
 from ..attention import SPARSE_ATTR
 from ..config import PruneConfig
 from ..kernels import sparse_attention
-from .common import PrefillInputs, is_prefill_of, probe_scores, read_prefill_inputs, route_attention, unroute_attention
+from .common import (
+    PrefillInputs,
+    is_prefill_of,
+    keep_to_index,
+    probe_scores,
+    read_prefill_inputs,
+    route_attention,
+    unroute_attention,
+)
 from .scoring import keep_by_mass
 
 
@@ -50,17 +58,6 @@ class SparseLayer:
         self.owner.record(self.layer, scores, (keep & inputs.visual[:, None, :]).sum(-1))
         index, count = keep_to_index(keep)
         return sparse_attention(query, key, value, index, count, causal=True, scale=scaling, backend=backend)
-
-
-def keep_to_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ascending kept positions ``(B, H, max kept)`` (padded with the last position) and their counts ``(B, H)``
-    from a ``(B, H, L)`` boolean keep mask."""
-    seq_len = keep.shape[-1]
-    positions = torch.arange(seq_len, device=keep.device).expand_as(keep)
-    ordered = torch.sort(torch.where(keep, positions, seq_len), dim=-1).values
-    count = keep.sum(-1)
-    width = max(1, int(count.max()))
-    return ordered[..., :width].clamp(max=seq_len - 1), count
 
 
 @dataclass
