@@ -67,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed answers per configuration before timing")
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="skip peak-memory measurement (on CPU it costs a second, untimed generate)")
+    parser.add_argument("--media-first", action="store_true",
+                        help="prefill the image or video first, then read the question against the cache (as in a "
+                             "chat or a stream): KV-cache compression then weighs on the first answer token too; "
+                             "TTFT is the question's prefill")
     parser.add_argument("--retry-errors", action="store_true", help="on resume, retry samples recorded as errors")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
@@ -98,12 +102,14 @@ def run(args: argparse.Namespace) -> int:
         "task": task.name, "model": model_name, "data": str(args.data.resolve()), "split": args.split,
         "limit": args.limit, "frames": frames if task.name == "videomme" else None, "max_new_tokens": max_new_tokens,
     }
+    if args.media_first:  # only when set: runs made before the option existed still resume
+        identity["media_first"] = True
     shard = Shard.from_environment()
     device = _device(args.device, shard)
     dtype = resolve_dtype(args.dtype, device)
     model, processor = load_model(model_name, device=device, dtype=dtype)
     options = RunOptions(max_new_tokens=max_new_tokens, warmup=args.warmup, measure_memory=args.memory,
-                         retry_errors=args.retry_errors, progress=args.progress)
+                         retry_errors=args.retry_errors, progress=args.progress, media_first=args.media_first)
     try:
         merged = evaluate(model, processor, task, samples, configurations, args.out, identity, options, shard)
     finally:

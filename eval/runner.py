@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..bench import timed_generate, visual_token_counts
+from ..bench import prefill_media, timed_generate, visual_token_counts
 from ..config import AccelConfig
 from ..memory import tensor_bytes, track_peak_memory
 from ..patch import accelerate, restore
@@ -92,6 +92,7 @@ class RunOptions:
     measure_memory: bool = True
     retry_errors: bool = False
     progress: bool = True
+    media_first: bool = False  # prefill the media, then read the question against the cache (bench.prefill_media)
 
 
 def build_inputs(processor: Any, kind: str, media: Any, text: str, device: torch.device) -> Any:
@@ -104,23 +105,32 @@ def build_inputs(processor: Any, kind: str, media: Any, text: str, device: torch
     return processor(text=[prompt], return_tensors="pt", **{media_key: [media]}).to(device)
 
 
-def answer(model: Any, processor: Any, inputs: Any, max_new_tokens: int, measure_memory: bool) -> dict[str, Any]:
+def answer(model: Any, processor: Any, inputs: Any, max_new_tokens: int, measure_memory: bool,
+           media_first: bool = False) -> dict[str, Any]:
     """One greedy answer with its figures: raw output text, TTFT, TPOT, latency, new tokens, visual tokens in the
     prompt and kept, KV-cache bytes and peak memory (CUDA: measured in the same call; CPU: by a second, untimed
-    call under the tensor tracker, which would distort the timing)."""
+    call under the tensor tracker, which would distort the timing).
+
+    With ``media_first`` the media are prefilled into the cache first (:func:`~mmaccel.bench.prefill_media`, not
+    timed) and the question is read against the cache: TTFT is then the question's prefill; peak memory covers
+    both."""
     device = next(model.parameters()).device
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True)
+
+    def generate_inputs() -> Any:
+        return prefill_media(model, inputs) if media_first else inputs
+
     with torch.no_grad():
         if device.type == "cuda" and measure_memory:
             with track_peak_memory(device) as memory:
-                out, ttft, tpot, latency = timed_generate(model, inputs, **kwargs)
+                out, ttft, tpot, latency = timed_generate(model, generate_inputs(), **kwargs)
             peak = memory["peak_bytes"]
         else:
-            out, ttft, tpot, latency = timed_generate(model, inputs, **kwargs)
+            out, ttft, tpot, latency = timed_generate(model, generate_inputs(), **kwargs)
             peak = None
             if measure_memory:
                 with track_peak_memory(device) as memory:
-                    model.generate(**inputs, **kwargs)
+                    model.generate(**generate_inputs(), **kwargs)
                 peak = memory["peak_bytes"]
     new = out.sequences[0, inputs["input_ids"].shape[1]:]
     visual, kept = visual_token_counts(model, inputs)
@@ -166,9 +176,11 @@ def evaluate(model: Any, processor: Any, task: Task, samples: list[Sample], conf
                 try:
                     if configuration.name not in warmed:
                         for _ in range(options.warmup):
-                            answer(model, processor, inputs, options.max_new_tokens, measure_memory=False)
+                            answer(model, processor, inputs, options.max_new_tokens, measure_memory=False,
+                                   media_first=options.media_first)
                         warmed.add(configuration.name)
-                    result = answer(model, processor, inputs, options.max_new_tokens, options.measure_memory)
+                    result = answer(model, processor, inputs, options.max_new_tokens, options.measure_memory,
+                                    options.media_first)
                 except Exception as err:  # e.g. out of memory on one long video: record it, go on
                     stores[configuration.name].append({**record, "error": f"generate failed ({_describe(err)})"},
                                                       shard.rank)

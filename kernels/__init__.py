@@ -4,8 +4,11 @@ and triton is only imported on the first Triton call: ``import mmaccel.kernels``
 
 from .attention import BACKENDS, attention, attention_triton, triton_available, triton_unusable_reason
 from .attention_reference import attention_reference
+from .quantized_attention import quantized_attention, quantized_attention_triton
+from .quantized_attention_reference import QuantizedSegment, quantized_attention_reference
 from .sparse_attention import sparse_attention, sparse_attention_triton
 from .sparse_attention_reference import sparse_attention_reference
 
-__all__ = ["BACKENDS", "attention", "attention_reference", "attention_triton", "sparse_attention",
+__all__ = ["BACKENDS", "QuantizedSegment", "attention", "attention_reference", "attention_triton",
+           "quantized_attention", "quantized_attention_reference", "quantized_attention_triton", "sparse_attention",
            "sparse_attention_reference", "sparse_attention_triton", "triton_available", "triton_unusable_reason"]

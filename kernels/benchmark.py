@@ -8,6 +8,10 @@ Shapes are those of a 7-8B GQA model (Hq=32, Hkv=8, D=128), fp16 and bf16:
 * sparse prefill (``sparse25``, ``sparse50``): the sparse-prefill kernel keeping 25 % / 50 % of the keys (a random
   ascending set per key/value head), against dense causal SDPA over all keys (the work it replaces); its error is
   measured against the sparse reference instead of SDPA.
+* quantized decode (``qdecode``): Lq=1 over a mixed-precision cache of Lk tokens (all but the last 32 packed, 60 %
+  at 4 bits and 40 % at 2, blocks of 32, random codes and statistics), against SDPA decode over a dense cache of the
+  same length (the work it replaces); error against the quantized reference; the rate counts the bytes the kernel
+  reads (packed segments and window).
 
 Each row reports milliseconds (median of ``triton.testing.do_bench``) for ours, SDPA and the reference (skipped where
 the reference would need more than ``--ref-gb`` GB), achieved TFLOP/s (prefill; causal counts half the matrix) or
@@ -36,6 +40,8 @@ import torch.nn.functional as F
 
 from .attention import attention_triton
 from .attention_reference import attention_reference
+from .quantized_attention import quantized_attention_triton
+from .quantized_attention_reference import QuantizedSegment, quantized_attention_reference
 from .sparse_attention import sparse_attention_triton
 from .sparse_attention_reference import sparse_attention_reference
 
@@ -46,8 +52,33 @@ PREFILL = [("prefill", 1, 32, 8, 128, n, 0) for n in (1024, 4096, 16384)] + [
 ]
 DECODE = [("decode", b, 32, 8, 128, n, 0) for b in (1, 8) for n in (1024, 4096, 16384, 65536)]
 SPARSE = [(f"sparse{d}", 1, 32, 8, 128, n, 0) for n in (4096, 16384) for d in (25, 50)]
+QDECODE = [("qdecode", b, 32, 8, 128, n, 0) for b in (1, 8) for n in (4096, 16384, 65536)]
 SMOKE = [("prefill", 1, 4, 2, 32, 40, 0), ("prefill-mask", 2, 4, 2, 32, 24, 5), ("decode", 2, 4, 2, 32, 70, 0),
-         ("sparse50", 1, 4, 2, 32, 40, 0)]
+         ("sparse50", 1, 4, 2, 32, 40, 0), ("qdecode", 2, 4, 2, 32, 96, 0)]
+#: The quantized-decode rows' cache: full-precision window, block size, salient tokens per block, bit widths.
+Q_WINDOW, Q_BLOCK, Q_SALIENT, Q_BITS = 32, 32, 19, (4, 2)
+
+
+def _random_segments(batch: int, kv_heads: int, head_dim: int, packed: int, device: torch.device
+                     ) -> list[QuantizedSegment]:
+    """Packed segments of ``packed`` tokens (whole blocks) with random codes and plausible statistics."""
+    gen = torch.Generator(device=device).manual_seed(2)
+    blocks = packed // Q_BLOCK
+    segments = []
+    for per_block, bits in ((Q_SALIENT, Q_BITS[0]), (Q_BLOCK - Q_SALIENT, Q_BITS[1])):
+        tokens = blocks * per_block
+        codes = [torch.randint(0, 256, (batch, kv_heads, tokens, head_dim * bits // 8), device=device,
+                               dtype=torch.uint8, generator=gen) for _ in range(2)]
+        stats = [torch.rand(batch, kv_heads, blocks, head_dim, device=device, generator=gen).half()
+                 for _ in range(3)]
+        token_stats = [torch.rand(batch, kv_heads, tokens, device=device, generator=gen).half() for _ in range(2)]
+        start = torch.arange(blocks, device=device).repeat_interleave(per_block) * Q_BLOCK
+        positions = (start + torch.arange(tokens, device=device) % per_block).to(torch.int32)
+        segments.append(QuantizedSegment(bits, per_block, codes[0], stats[0] - 0.5, stats[1] / 4, codes[1],
+                                         stats[2] + 0.5, token_stats[0] - 0.5, token_stats[1] / 4,
+                                         positions.expand(batch, kv_heads, tokens).contiguous()))
+    return segments
+
 
 
 def _key_set(batch: int, kv_heads: int, kv_len: int, density: float, device: torch.device
@@ -115,7 +146,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
 def _inputs(kind: str, batch: int, q_heads: int, kv_heads: int, head_dim: int, kv_len: int, left_pad: int,
             dtype: torch.dtype, device: torch.device):
     gen = torch.Generator(device=device).manual_seed(0)
-    q_len = 1 if kind == "decode" else kv_len
+    q_len = 1 if kind in ("decode", "qdecode") else kv_len
     q = torch.randn(batch, q_heads, q_len, head_dim, device=device, dtype=dtype, generator=gen)
     k = torch.randn(batch, kv_heads, kv_len, head_dim, device=device, dtype=dtype, generator=gen)
     v = torch.randn(batch, kv_heads, kv_len, head_dim, device=device, dtype=dtype, generator=gen)
@@ -133,7 +164,7 @@ def run_row(kind: str, batch: int, q_heads: int, kv_heads: int, head_dim: int, k
     """Time and check one shape; returns the row (raises on failure)."""
     q, k, v, mask = _inputs(kind, batch, q_heads, kv_heads, head_dim, kv_len, left_pad, dtype, device)
     q_len = q.shape[2]
-    causal = kind != "decode"
+    causal = kind not in ("decode", "qdecode")
     timer = _timer(device)
     row: dict[str, Any] = {"kind": kind, "dtype": str(dtype).removeprefix("torch."), "batch": batch,
                            "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": head_dim, "q_len": q_len,
@@ -143,14 +174,23 @@ def run_row(kind: str, batch: int, q_heads: int, kv_heads: int, head_dim: int, k
     index, count = _key_set(batch, kv_heads, kv_len, int(kind.removeprefix("sparse")) / 100, device) if sparse \
         else (None, None)
 
+    quantized = kind == "qdecode"
+    packed = (kv_len - Q_WINDOW) // Q_BLOCK * Q_BLOCK if quantized else 0
+    segments = _random_segments(batch, kv_heads, head_dim, packed, device) if quantized else []
+    window_k, window_v = k[:, :, packed:], v[:, :, packed:]
+
     def ours():
         if sparse:
             return sparse_attention_triton(q, k, v, index, count, causal=causal)
+        if quantized:
+            return quantized_attention_triton(q, segments, window_k, window_v)
         return attention_triton(q, k, v, mask, causal=causal)
 
     def reference():
         if sparse:
             return sparse_attention_reference(q, k, v, index, count, causal=causal)
+        if quantized:
+            return quantized_attention_reference(q, segments, window_k, window_v)
         return attention_reference(q, k, v, mask, causal=causal)
 
     sdpa, row["sdpa_impl"] = _sdpa(q, k, v, mask, causal)
@@ -158,7 +198,8 @@ def run_row(kind: str, batch: int, q_heads: int, kv_heads: int, head_dim: int, k
     ref_bytes = 4 * batch * q_heads * (3 * q_len * kv_len + 2 * kv_len * head_dim)
     fits = ref_bytes <= ref_gb * 1e9
     got = ours().float()
-    want = reference().float() if sparse and fits else (None if sparse else sdpa().float())
+    against_reference = sparse or quantized  # these compute something else than dense SDPA
+    want = reference().float() if against_reference and fits else (None if against_reference else sdpa().float())
     valid = torch.ones(batch, q_len, dtype=torch.bool, device=device)
     if mask is not None:
         valid = mask.any(-1).any(1)  # (B, Lq): rows with no allowed key are NaN or 0 depending on SDPA's backend
@@ -175,6 +216,10 @@ def run_row(kind: str, batch: int, q_heads: int, kv_heads: int, head_dim: int, k
     if kind == "decode":
         kv_bytes = 2 * k.numel() * k.element_size()
         row["rate"], row["unit"] = kv_bytes / row["ours_ms"] / 1e6, "GB/s"
+    elif quantized:
+        read = sum(t.numel() * t.element_size() for s in segments for t in s.tensors()[:7])
+        read += 2 * window_k.numel() * window_k.element_size()
+        row["rate"], row["unit"] = read / row["ours_ms"] / 1e6, "GB/s"
     else:
         visible = (q_len * kv_len - q_len * (q_len - 1) / 2) if q_len == kv_len else q_len * kv_len
         if sparse:
@@ -204,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the rows (and failures) to this path")
     parser.add_argument("--dtypes", default="float16,bfloat16", help="comma-separated torch dtypes")
-    parser.add_argument("--only", choices=("prefill", "decode", "sparse"), help="run only these rows")
+    parser.add_argument("--only", choices=("prefill", "decode", "sparse", "qdecode"), help="run only these rows")
     parser.add_argument("--ref-gb", type=float, default=12.0, help="skip the reference above this memory estimate")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, any device (CPU: Triton interpreter)")
     args = parser.parse_args(argv)
@@ -217,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         shapes = SMOKE
     elif torch.cuda.is_available():
         device = torch.device("cuda")
-        shapes = [row for group, rows in (("prefill", PREFILL), ("decode", DECODE), ("sparse", SPARSE))
-                  if args.only in (None, group) for row in rows]
+        groups = (("prefill", PREFILL), ("decode", DECODE), ("sparse", SPARSE), ("qdecode", QDECODE))
+        shapes = [row for group, rows in groups if args.only in (None, group) for row in rows]
     else:
         print("the kernel benchmark needs a CUDA GPU (or --smoke to check the script on CPU)")
         return 2

@@ -27,8 +27,9 @@ BACKEND_ATTR = "_mmaccel_attention"
 #: Attribute set on the attention modules of sparse-prefill layers: a callable computing their prefill attention
 #: (see :mod:`mmaccel.prune.dynamic`), which returns ``None`` for calls it does not handle.
 SPARSE_ATTR = "_mmaccel_sparse_prefill"
-#: Attribute set on attention modules whose cache layer wants to see the attention (the mixed-precision KV cache,
-#: :mod:`mmaccel.kv.component`): called with the layer's queries and keys before attention.
+#: Attribute set on attention modules whose cache layer is a mixed-precision one (:mod:`mmaccel.kv.component`): called
+#: with the layer's queries, keys and values first; it scores the cache window and returns the attention over the
+#: packed cache and the window, or ``None`` while nothing is packed.
 KV_ATTR = "_mmaccel_kv_observer"
 
 
@@ -47,14 +48,17 @@ def mmaccel_attention_forward(
     ``query`` is ``(B, Hq, Lq, D)``; ``key``/``value`` are ``(B, Hkv, Lk, D)`` (not GQA-repeated); the mask is the
     boolean output of ``sdpa_mask`` or ``None`` for plain causal attention. Returns ``(B, Lq, Hq, D)``.
 
-    A module with a sparse-prefill callable (:data:`SPARSE_ATTR`) lets it compute the prefill; everything else runs
-    dense: through the module's kernel backend (:data:`BACKEND_ATTR`) when the ``kernels`` component set one, else
-    through transformers' SDPA, as the unpatched model would.
+    A module with a mixed-precision cache (:data:`KV_ATTR`) lets it compute attention once its cache holds packed
+    tokens; a module with a sparse-prefill callable (:data:`SPARSE_ATTR`) lets it compute the prefill; everything
+    else runs dense: through the module's kernel backend (:data:`BACKEND_ATTR`) when the ``kernels`` component set
+    one, else through transformers' SDPA, as the unpatched model would.
     """
     backend = getattr(module, BACKEND_ATTR, None)
-    observer = getattr(module, KV_ATTR, None)
-    if observer is not None and not module.training:
-        observer(query, key, attention_mask, scaling)
+    cache_attention = getattr(module, KV_ATTR, None)
+    if cache_attention is not None and not module.training:
+        out = cache_attention(query, key, value, attention_mask, scaling, backend or "auto")
+        if out is not None:
+            return out, None
     sparse = getattr(module, SPARSE_ATTR, None)
     if sparse is not None and not module.training:
         out = sparse(query, key, value, attention_mask, scaling, backend or "auto")

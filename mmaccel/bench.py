@@ -77,6 +77,34 @@ def timed_generate(model: Any, inputs: Any, **generate_kwargs: Any) -> tuple[Any
     return out, first - start, (end - first) / max(1, len(clock.stamps) - 1), end - start
 
 
+def prefill_media(model: Any, inputs: Any) -> dict[str, Any]:
+    """Prefill the prompt up to its last visual token, into a new cache; returns what ``generate`` then needs to
+    read the rest of the prompt (the question) against that cache: the full ``input_ids`` and ``attention_mask`` and
+    the ``cache``. The question thus arrives after the media are cached, as in a chat or a stream, so whatever the
+    cache does to the media's keys and values (compression) weighs on the first answer token too."""
+    from transformers import DynamicCache
+
+    from .adapters import get_adapter
+
+    state = get_state(model)
+    adapter = state.adapter if state is not None else get_adapter(model)
+    visual = adapter.visual_token_mask(inputs["input_ids"])
+    if not visual.any():
+        raise ValueError("prefill_media needs a prompt with image or video tokens; this one has none")
+    # the token after the media too: the Qwen families close them with <|vision_end|>, which their M-RoPE index reads
+    end = min(int(visual.any(dim=0).nonzero().max()) + 2, visual.shape[1])
+    shape = inputs["input_ids"].shape
+    per_token = [k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[:2] == shape]
+    prefix = {k: (v[:, :end] if k in per_token else v) for k, v in inputs.items()}  # ids, mask, token types
+    positions = adapter.position_ids(prefix["input_ids"], prefix.get("attention_mask"))
+    if positions.dim() == 2:  # 1-D RoPE: left padding shifts positions as generate's do (M-RoPE models do it inside)
+        prefix["position_ids"] = positions
+    cache = DynamicCache(config=model.config.get_text_config())
+    with torch.no_grad():
+        model(**prefix, cache=cache, use_cache=True)
+    return {**{k: inputs[k] for k in per_token}, "cache": cache}
+
+
 def bench_inputs(model_name: str, processor: Any, num_samples: int, batch_size: int, modality: str | None,
                  seed: int) -> list[Any]:
     """``num_samples`` processed batches of ``batch_size`` rows for ``model_name``, each with different media."""

@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import torch
 
-from mmaccel.bench import format_table, run_bench
+from mmaccel.bench import format_table, prefill_media, run_bench
 from mmaccel.cli import main
 from mmaccel.config import AccelConfig
 from mmaccel.zoo.tiny import sample_inputs
@@ -80,3 +81,19 @@ def test_cli_rejects_bad_arguments(argv):
     with pytest.raises(SystemExit) as err:
         main(argv)
     assert err.value.code == 2
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next_video", "qwen2_vl", "qwen2_5_omni_thinker"])
+def test_prefill_media_then_generate_equals_one_generate(tiny, family):
+    """The question read against a cache holding the media gives the one-pass logits (M-RoPE families too)."""
+    model, processor = tiny(family)
+    inputs = sample_inputs(family, processor, batch_size=2, seed=1)
+    kwargs = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        once = model.generate(**inputs, **kwargs)
+        staged_inputs = prefill_media(model, inputs)
+        assert 0 < staged_inputs["cache"].get_seq_length() < inputs["input_ids"].shape[1]
+        staged = model.generate(**staged_inputs, **kwargs)
+    assert torch.equal(once.sequences, staged.sequences)
+    for a, b in zip(once.logits, staged.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -2,11 +2,12 @@
 
 Layout of one :class:`MixedPrecisionLayer`:
 
-- **packed blocks**: tokens leave the full-precision window ``block`` at a time (never one by one: each block has
-  its own statistics). In a block, per batch row and key/value head, the ``salient_ratio`` share of tokens with the
-  highest normalized attention score is quantized at ``high_bits``, the rest at ``low_bits``: keys per channel,
-  values channel-separable token-wise (:mod:`mmaccel.kv.quant`). Each token's slot in the block is kept (a small
-  index), so dequantized blocks come back in sequence order and masks still line up.
+- **packed segments**: tokens leave the full-precision window ``block`` at a time (never one by one: each block
+  has its own statistics). In a block, per batch row and key/value head, the ``salient_ratio`` share of tokens with
+  the highest normalized attention score is quantized at ``high_bits``, the rest at ``low_bits``: keys per channel,
+  values channel-separable token-wise (:mod:`mmaccel.kv.quant`). Each bit width has one
+  :class:`~mmaccel.kernels.quantized_attention_reference.QuantizedSegment`, to which every block appends its share;
+  each token's sequence position is kept, so padding masks still apply.
 - **full-precision window**: the most recent tokens, at least ``window`` of them. Speculative decoding's rollback
   (:meth:`crop`) only ever removes tokens from here; a crop that would reach packed blocks raises.
 
@@ -15,8 +16,10 @@ prefill) or of the new query (at decode) over the window's tokens (:meth:`observ
 accumulated attention divided by the number of queries that could see it. A block is packed at the next
 :meth:`update` after its tokens have been scored.
 
-This is the PyTorch path: :meth:`update` returns dequantized keys and values (a transient copy, freed after the
-layer's attention), so any attention implementation can read them.
+The layer stores; attention reads. :meth:`update` returns only the window's keys and values: the attention function
+(:mod:`mmaccel.kv.component`) reads the packed segments with :func:`~mmaccel.kernels.quantized_attention` (a fused
+Triton kernel on CUDA, dequantizing in registers; the PyTorch reference elsewhere), so no dequantized copy of the
+cache is kept. :meth:`dequantized` gives the whole cache in sequence order, for inspection and tests.
 """
 
 from __future__ import annotations
@@ -24,74 +27,55 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from .quant import (
-    QuantizedKeys,
-    QuantizedValues,
-    dequantize_keys,
-    dequantize_values,
-    quantize_keys,
-    quantize_values,
-)
+from ..kernels.quantized_attention_reference import QuantizedSegment, dequantize_segment
+from .quant import quantize_keys, quantize_values
 
 
-class PackedBlock:
-    """One block of ``T`` tokens: a high-bit and a low-bit part, and each token's slot in the block."""
+def quantize_block(keys: torch.Tensor, values: torch.Tensor, scores: torch.Tensor, start: int, high_bits: int,
+                   low_bits: int, salient_ratio: float) -> list[QuantizedSegment]:
+    """One block of ``T`` tokens (``(B, H, T, D)``, sequence positions ``start ..``) as two segments of one block
+    each: per (batch row, head), the ``salient_ratio`` share of tokens with the highest ``scores`` at ``high_bits``,
+    the rest at ``low_bits``. A segment that would hold no token is left out."""
+    tokens = keys.shape[-2]
+    salient = min(tokens, max(0, round(salient_ratio * tokens)))
+    order = torch.argsort(scores, dim=-1, descending=True)  # (B, H, T)
+    segments = []
+    for chosen, bits in ((order[..., :salient], high_bits), (order[..., salient:], low_bits)):
+        if chosen.shape[-1] == 0:
+            continue
+        index = chosen[..., None].expand(*chosen.shape, keys.shape[-1])
+        k, v = quantize_keys(keys.gather(-2, index), bits), quantize_values(values.gather(-2, index), bits)
+        segments.append(QuantizedSegment(
+            bits=bits, per_block=chosen.shape[-1], key_codes=k.codes, key_low=k.low, key_step=k.step,
+            value_codes=v.codes, value_channel=v.channel, value_low=v.low[..., 0], value_step=v.step[..., 0],
+            positions=(chosen + start).to(torch.int32)))
+    return segments
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, scores: torch.Tensor, high_bits: int,
-                 low_bits: int, salient_ratio: float):
-        tokens = keys.shape[-2]
-        salient = min(tokens, max(0, round(salient_ratio * tokens)))
-        order = torch.argsort(scores, dim=-1, descending=True)  # (B, H, T)
-        self.slots = order.to(torch.int16)
-        self.length = tokens
-        self.salient = salient
-        self.parts: list[tuple[QuantizedKeys, QuantizedValues] | None] = []
-        for chosen, bits in ((order[..., :salient], high_bits), (order[..., salient:], low_bits)):
-            if chosen.shape[-1] == 0:
-                self.parts.append(None)
-                continue
-            index = chosen[..., None].expand(*chosen.shape, keys.shape[-1])
-            self.parts.append((quantize_keys(keys.gather(-2, index), bits),
-                               quantize_values(values.gather(-2, index), bits)))
 
-    def dequantize(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values ``(B, H, T, D)`` in sequence order."""
-        pieces_k, pieces_v = [], []
-        for part in self.parts:
-            if part is not None:
-                pieces_k.append(dequantize_keys(part[0], dtype))
-                pieces_v.append(dequantize_values(part[1], dtype))
-        keys_sorted, values_sorted = torch.cat(pieces_k, dim=-2), torch.cat(pieces_v, dim=-2)
-        index = self.slots.long()[..., None].expand_as(keys_sorted)
-        return (torch.empty_like(keys_sorted).scatter_(-2, index, keys_sorted),
-                torch.empty_like(values_sorted).scatter_(-2, index, values_sorted))
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Every tensor the block holds (for byte counts)."""
-        held = [self.slots]
-        for part in self.parts:
-            if part is not None:
-                for quantized in part:
-                    held += [t for t in vars(quantized).values() if isinstance(t, torch.Tensor)]
-        return held
+def append_segment(segment: QuantizedSegment, block: QuantizedSegment) -> QuantizedSegment:
+    """``segment`` followed by ``block`` (same bits and tokens per block)."""
+    joined = [torch.cat([old, new], dim=2) for old, new in zip(segment.tensors(), block.tensors(), strict=True)]
+    return QuantizedSegment(segment.bits, segment.per_block, *joined)
 
 
 class MixedPrecisionLayer(DynamicLayer):
-    """A croppable cache layer with packed mixed-precision blocks and a full-precision window (module docstring)."""
+    """A croppable cache layer with packed mixed-precision segments and a full-precision window (module
+    docstring). ``keys`` / ``values`` hold the window."""
 
-    def __init__(self, high_bits: int = 4, low_bits: int = 2, salient_ratio: float = 0.6, window: int = 128,
-                 block: int = 64):
+    def __init__(self, high_bits: int = 4, low_bits: int = 2, salient_ratio: float = 0.6, window: int = 32,
+                 block: int = 32):
         super().__init__()
         self.high_bits, self.low_bits, self.salient_ratio = high_bits, low_bits, salient_ratio
         self.window, self.block = window, block
-        self.blocks: list[PackedBlock] = []
+        self.segments: list[QuantizedSegment] = []
         self.packed_tokens = 0
         self.score_sum: torch.Tensor | None = None  # (B, H, W) accumulated attention of the window's tokens
         self.score_count: torch.Tensor | None = None  # (B, W) queries that could see each window token
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pack the window's oldest scored blocks, append the new tokens, return every token's keys and values."""
+        """Pack the window's oldest scored blocks, append the new tokens, return the window's keys and values (the
+        packed tokens are in :attr:`segments`)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self._pack_scored_blocks()
@@ -103,11 +87,7 @@ class MixedPrecisionLayer(DynamicLayer):
         self.score_sum = zeros if self.score_sum is None else torch.cat([self.score_sum, zeros], dim=-1)
         counts = key_states.new_zeros((batch, new), dtype=torch.float32)
         self.score_count = counts if self.score_count is None else torch.cat([self.score_count, counts], dim=-1)
-        if not self.blocks:
-            return self.keys, self.values
-        dequantized = [block.dequantize(self.keys.dtype) for block in self.blocks]
-        return (torch.cat([k for k, _ in dequantized] + [self.keys], dim=-2),
-                torch.cat([v for _, v in dequantized] + [self.values], dim=-2))
+        return self.keys, self.values
 
     def observe(self, attention: torch.Tensor, visible: torch.Tensor) -> None:
         """Add the attention ``(B, H, W)`` that this forward's scoring queries paid to the window's tokens (summed
@@ -116,11 +96,26 @@ class MixedPrecisionLayer(DynamicLayer):
         self.score_sum = self.score_sum + attention.float()
         self.score_count = self.score_count + visible.float()
 
+    def dequantized(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token's keys and values ``(B, H, L, D)`` in sequence order: the packed ones dequantized."""
+        dtype = dtype or self.keys.dtype
+        batch, heads, _, dim = self.keys.shape
+        keys = self.keys.new_zeros((batch, heads, self.packed_tokens, dim), dtype=dtype)
+        values = torch.zeros_like(keys)
+        for segment in self.segments:
+            k, v = dequantize_segment(segment, dtype)
+            index = segment.positions.long()[..., None].expand_as(k)
+            keys.scatter_(2, index, k)
+            values.scatter_(2, index, v)
+        return torch.cat([keys, self.keys.to(dtype)], dim=2), torch.cat([values, self.values.to(dtype)], dim=2)
+
     def _pack_scored_blocks(self) -> None:
         while self.keys is not None and self.keys.dim() == 4 and self.keys.shape[-2] - self.block >= self.window:
             scores = self.score_sum[..., :self.block] / self.score_count[:, None, :self.block].clamp(min=1)
-            self.blocks.append(PackedBlock(self.keys[..., :self.block, :], self.values[..., :self.block, :], scores,
-                                           self.high_bits, self.low_bits, self.salient_ratio))
+            packed = quantize_block(self.keys[..., :self.block, :], self.values[..., :self.block, :], scores,
+                                    self.packed_tokens, self.high_bits, self.low_bits, self.salient_ratio)
+            self.segments = packed if not self.segments else [
+                append_segment(old, new) for old, new in zip(self.segments, packed, strict=True)]
             self.packed_tokens += self.block
             self.keys, self.values = self.keys[..., self.block:, :], self.values[..., self.block:, :]
             self.score_sum, self.score_count = self.score_sum[..., self.block:], self.score_count[:, self.block:]
@@ -147,13 +142,13 @@ class MixedPrecisionLayer(DynamicLayer):
 
     def reset(self) -> None:
         """Drop everything."""
-        self.blocks, self.packed_tokens = [], 0
+        self.segments, self.packed_tokens = [], 0
         self.score_sum = self.score_count = None
         super().reset()
 
     def nbytes(self) -> int:
-        """Bytes held by the packed blocks and the window."""
-        tensors = [t for block in self.blocks for t in block.tensors()]
+        """Bytes held by the packed segments and the window."""
+        tensors = [t for segment in self.segments for t in segment.tensors()]
         if self.keys is not None:
             tensors += [self.keys, self.values]
         return sum(t.numel() * t.element_size() for t in tensors)

@@ -149,3 +149,17 @@ def test_a_failing_generate_is_recorded_and_the_run_goes_on(tiny, tmp_path: Path
     errors = [r for r in merged["none"] if r["error"]]
     assert [r["key"] for r in errors] == ["1"] and "RuntimeError: CUDA out of memory" in errors[0]["error"]
     assert len(merged["none"]) == 3
+
+
+def test_media_first_reads_the_question_against_the_cache_and_answers_alike(tiny, tmp_path: Path):
+    """--media-first: the media are prefilled first and the question read against the cache; without compression
+    the answers are those of the one-pass prefill."""
+    model, processor = tiny("llava")
+    task = Pope()
+    samples = task.load(write_pope(tmp_path / "POPE", per_split=2))
+    once = evaluate(model, processor, task, samples, [Configuration.parse("none")], tmp_path / "once", IDENTITY,
+                    _options(measure_memory=False))["none"]
+    staged = evaluate(model, processor, task, samples, [Configuration.parse("none")], tmp_path / "staged",
+                      {**IDENTITY, "media_first": True}, _options(measure_memory=False, media_first=True))["none"]
+    assert [r["output"] for r in staged] == [r["output"] for r in once]
+    assert all(r["new_tokens"] == 3 and r["ttft_s"] > 0 for r in staged)

@@ -1,13 +1,19 @@
 """The mixed-precision cache layer and the kv="mixed" component."""
 
+import copy
+
 import pytest
 import torch
+from transformers import DynamicCache
 
 from mmaccel import accelerate, restore
 from mmaccel.attention import KV_ATTR
+from mmaccel.bench import _shapes_world_inputs
 from mmaccel.kv.cache import MixedPrecisionLayer
 from mmaccel.kv.quant import quantize_keys
 from mmaccel.memory import tensor_bytes
+from mmaccel.patch import get_state
+from mmaccel.zoo import load
 from mmaccel.zoo.tiny import sample_inputs
 
 
@@ -18,14 +24,15 @@ def _filled_layer(tokens=100, window=16, block=32, seed=0):
     layer.update(keys[:, :, :tokens - 2], values[:, :, :tokens - 2])
     layer.observe(torch.rand(1, 2, tokens - 2, generator=gen), torch.ones(1, tokens - 2))
     for t in range(tokens - 2, tokens):  # decode steps pack the scored blocks
-        out_k, out_v = layer.update(keys[:, :, t:t + 1], values[:, :, t:t + 1])
+        layer.update(keys[:, :, t:t + 1], values[:, :, t:t + 1])
         layer.observe(torch.rand(1, 2, layer.keys.shape[-2], generator=gen), torch.ones(1, layer.keys.shape[-2]))
+    out_k, out_v = layer.dequantized()
     return layer, keys, values, out_k, out_v
 
 
 def test_blocks_are_packed_in_order_within_the_low_bit_error_and_the_window_is_exact():
     layer, keys, values, out_k, out_v = _filled_layer()
-    assert layer.packed_tokens == 64 and layer.get_seq_length() == 100 and len(layer.blocks) == 2
+    assert layer.packed_tokens == 64 and layer.get_seq_length() == 100 and layer.keys.shape[-2] == 36
     assert torch.equal(out_k[:, :, 64:], keys[:, :, 64:]) and torch.equal(out_v[:, :, 64:], values[:, :, 64:])
     # every packed token is at worst at 2 bits: half a 2-bit step of its block's channel range (keys)
     for start in (0, 32):
@@ -33,8 +40,12 @@ def test_blocks_are_packed_in_order_within_the_low_bit_error_and_the_window_is_e
         bound = quantize_keys(block, 2).step.float() / 2 + 1e-3
         assert ((out_k[:, :, start:start + 32] - block).abs() <= bound).all()
     assert (out_k[:, :, :64] - keys[:, :, :64]).abs().max() > 0  # really quantized
-    salient = layer.blocks[0].salient
-    assert salient == round(0.6 * 32)
+    high, low = layer.segments
+    assert (high.bits, high.per_block, high.tokens) == (4, round(0.6 * 32), 2 * round(0.6 * 32))
+    assert (low.bits, low.per_block, low.tokens) == (2, 32 - round(0.6 * 32), 64 - 2 * round(0.6 * 32))
+    # each block's tokens are split between the two segments, every position once
+    positions = torch.cat([high.positions, low.positions], dim=-1).sort(dim=-1).values
+    assert torch.equal(positions, torch.arange(64, dtype=torch.int32).expand_as(positions))
 
 
 def test_crop_then_continue_equals_never_having_drafted():
@@ -47,6 +58,7 @@ def test_crop_then_continue_equals_never_having_drafted():
     extra_k, extra_v = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
     got, want = drafted.update(extra_k, extra_v), plain.update(extra_k, extra_v)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert all(torch.equal(a, b) for a, b in zip(drafted.dequantized(), plain.dequantized(), strict=True))
     with pytest.raises(ValueError, match="only the .* most recent are in full precision"):
         drafted.crop(-90)
 
@@ -67,3 +79,48 @@ def test_generate_uses_the_mixed_cache_and_it_is_smaller(tiny):
     assert tensor_bytes(mixed.cache) < tensor_bytes(base.cache) / 2
     assert mixed.sequences.shape == base.sequences.shape
     assert not any(KV_ATTR in m.__dict__ for m in model.modules())
+
+
+def test_attention_over_the_packed_cache_equals_attention_over_its_dequantized_copy(tiny):
+    """The glue: masks split between packed segments and window (left padding reaches the packed tokens), the window
+    returned by update, and the quantized attention, against the unpatched model reading a plain cache that holds
+    the mixed cache's dequantized keys and values."""
+    model, processor = tiny("llava")
+    inputs = sample_inputs("llava", processor, batch_size=2, seed=1)
+    assert not inputs["attention_mask"].all()  # padded
+    reference = copy.deepcopy(model)
+    accelerate(model, kv={"method": "mixed", "window": 8, "block": 16})
+    try:
+        with torch.no_grad():
+            cache = DynamicCache(config=model.config.get_text_config())
+            out = model(**inputs, cache=cache, use_cache=True)
+            mask = inputs["attention_mask"]
+            for _ in range(20):
+                token = out.logits[:, -1:].argmax(-1)
+                mask = torch.cat([mask, torch.ones_like(token)], dim=-1)
+                out = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
+                plain = DynamicCache(config=model.config.get_text_config())
+                for index, layer in enumerate(cache.layers):  # the cache as this step read it, less its own token
+                    plain.update(*(t[:, :, :-1] for t in layer.dequantized()), index)
+                want = reference(input_ids=token, attention_mask=mask, cache=plain, use_cache=True).logits
+                torch.testing.assert_close(out.logits, want, atol=1e-5, rtol=1e-4)
+    finally:
+        restore(model)
+    assert all(layer.packed_tokens > 0 for layer in cache.layers)
+
+
+def test_balanced_preset_packs_the_bundled_models_cache_at_least_four_times_smaller():
+    """Issue 6's bar at default settings, on the bundled image model (float32): prune="dynamic" and kv="mixed"
+    compose, and the cache after 32 new tokens is at most a quarter of the baseline's."""
+    model, processor = load("shapes-image")
+    inputs = _shapes_world_inputs("shapes-image", processor, batch_size=1, seed=3)
+    kwargs = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False, return_dict_in_generate=True)
+    with torch.no_grad():
+        base = model.generate(**inputs, **kwargs)
+        accelerate(model, "balanced")
+        try:
+            assert [c.name for c in get_state(model).components] == ["prune", "kv"]
+            mixed = model.generate(**inputs, **kwargs)
+        finally:
+            restore(model)
+    assert tensor_bytes(base.cache) >= 4 * tensor_bytes(mixed.cache)
