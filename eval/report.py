@@ -77,10 +77,11 @@ def summarize(task: Task, merged: dict[str, list[dict[str, Any]]]) -> dict[str, 
 
 
 def format_table(task: Task, summary: dict[str, Any]) -> str:
-    """One row per configuration: the task's metrics, speed, speedups, visual tokens, memory, errors."""
+    """One row per configuration: the task's metrics, speed, speedups, visual tokens, KV-cache and peak memory,
+    errors."""
     header = (f"{'config':<14}" + "".join(f"{label:>13}" for label in task.columns)
               + f"{'TTFT ms':>10}{'TPOT ms':>10}{'latency ms':>12}{'speedup':>9}{'TTFT x':>8}{'visual kept':>13}"
-              f"{'peak MB':>10}{'errors':>8}")
+              f"{'KV MB':>8}{'peak MB':>10}{'errors':>8}")
     lines = [header, "-" * len(header)]
     for name, row in summary["configurations"].items():
         speed, speedup = row["speed"], row["speedup"]
@@ -90,7 +91,7 @@ def format_table(task: Task, summary: dict[str, Any]) -> str:
         lines.append(f"{name:<14}{metrics}{_fmt(speed['ttft_ms'], 10, 1)}"
                      f"{_fmt(speed['tpot_ms'], 10, 1)}{_fmt(speed['latency_ms'], 12, 1)}"
                      f"{_fmt(speedup['latency_s'], 8, 2)}x{_fmt(speedup['ttft_s'], 7, 2)}x{visual:>13}"
-                     f"{_fmt(speed['peak_memory_mb'], 10, 1)}{row['errors']:>8}")
+                     f"{_fmt(speed['kv_mb'], 8, 2)}{_fmt(speed['peak_memory_mb'], 10, 1)}{row['errors']:>8}")
     return "\n".join(lines)
 
 

@@ -71,6 +71,8 @@ class MixedPrecisionLayer(DynamicLayer):
         self.packed_tokens = 0
         self.score_sum: torch.Tensor | None = None  # (B, H, W) accumulated attention of the window's tokens
         self.score_count: torch.Tensor | None = None  # (B, W) queries that could see each window token
+        self._last_appended = 0  # tokens the last update appended
+        self._last_queries: tuple[torch.Tensor, ...] | None = None  # scores before the last forward, its queries'
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,14 +89,22 @@ class MixedPrecisionLayer(DynamicLayer):
         self.score_sum = zeros if self.score_sum is None else torch.cat([self.score_sum, zeros], dim=-1)
         counts = key_states.new_zeros((batch, new), dtype=torch.float32)
         self.score_count = counts if self.score_count is None else torch.cat([self.score_count, counts], dim=-1)
+        self._last_appended, self._last_queries = new, None
         return self.keys, self.values
 
     def observe(self, attention: torch.Tensor, visible: torch.Tensor) -> None:
-        """Add the attention ``(B, H, W)`` that this forward's scoring queries paid to the window's tokens (summed
-        over queries and the query heads of each key/value head), and how many queries could see each one
-        ``(B, W)``."""
-        self.score_sum = self.score_sum + attention.float()
-        self.score_count = self.score_count + visible.float()
+        """Add the attention ``(B, H, Q, W)`` that each of this forward's ``Q`` scoring queries paid to the window's
+        tokens (summed over the query heads of each key/value head), and whether it could see each one
+        ``(B, Q, W)``.
+
+        When the scoring queries are exactly the tokens the last :meth:`update` appended, in order (decode, and
+        speculative verification), their contributions are kept until the next update, so that :meth:`crop` can
+        take back those of removed tokens: a crop of drafted tokens then leaves the scores, and so every later
+        packing decision, as if they had never been drafted."""
+        undo = (self.score_sum, self.score_count, attention, visible)
+        self._last_queries = undo if attention.shape[2] == self._last_appended else None
+        self.score_sum = self.score_sum + attention.float().sum(dim=2)
+        self.score_count = self.score_count + visible.float().sum(dim=1)
 
     def dequantized(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every token's keys and values ``(B, H, L, D)`` in sequence order: the packed ones dequantized."""
@@ -138,12 +148,22 @@ class MixedPrecisionLayer(DynamicLayer):
             raise ValueError(f"cannot crop {remove} tokens: only the {self.keys.shape[-2]} most recent are in full "
                              f"precision (raise the window above the longest draft)")
         self.keys, self.values = self.keys[..., :-remove, :], self.values[..., :-remove, :]
-        self.score_sum, self.score_count = self.score_sum[..., :-remove], self.score_count[:, :-remove]
+        kept = self.keys.shape[-2]
+        if self._last_queries is not None and remove <= self._last_appended:
+            # the removed tokens were the last forward's queries: take back their contributions to the scores
+            before_sum, before_count, attention, visible = self._last_queries
+            stay = self._last_appended - remove
+            self.score_sum = before_sum[..., :kept] + attention[:, :, :stay, :kept].float().sum(dim=2)
+            self.score_count = before_count[:, :kept] + visible[:, :stay, :kept].float().sum(dim=1)
+        else:
+            self.score_sum, self.score_count = self.score_sum[..., :kept], self.score_count[:, :kept]
+        self._last_appended, self._last_queries = 0, None
 
     def reset(self) -> None:
         """Drop everything."""
         self.segments, self.packed_tokens = [], 0
-        self.score_sum = self.score_count = None
+        self.score_sum = self.score_count = self._last_queries = None
+        self._last_appended = 0
         super().reset()
 
     def nbytes(self) -> int:

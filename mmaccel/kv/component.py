@@ -50,15 +50,16 @@ class CacheAttention:
         mask = normalize_mask(attention_mask, packed + key.shape[2])
         window_mask = mask[..., packed:] if mask is not None else None
         q_len = query.shape[2]
-        if q_len > 1:
+        if q_len <= layer.window:  # decode and speculative verification: every query scores, as one by one
+            probes = torch.arange(q_len, device=query.device)
+        else:  # a prefill: the instruction after the media and a random sample
             recent = self.owner.inputs.recent if self.owner.inputs is not None else 1
             probes = probe_positions(q_len, recent, self.owner.config.random_probes, 0, query.device)
-        else:
-            probes = torch.zeros(1, dtype=torch.long, device=query.device)
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        summed, seen = probe_attention(query, key, allowed_keys(window_mask, query, key), probes, scale)
+        attention, seen = probe_attention(query, key, allowed_keys(window_mask, query, key), probes, scale,
+                                          per_probe=True)
         window = layer.score_sum.shape[-1]
-        layer.observe(summed[..., -window:], seen[:, -window:])
+        layer.observe(attention[..., -window:], seen[..., -window:])
         if packed == 0:
             return None
         return quantized_attention(

@@ -33,9 +33,10 @@ def probe_positions(seq_len: int, recent: int, random_fraction: float, seed: int
 
 
 def probe_attention(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, probes: torch.Tensor,
-                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    scale: float, per_probe: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention the probe queries pay each key, summed over probes and over the query heads of each
-    key/value head, ``(B, Hkv, Lk)``, and how many probes can see each key, ``(B, Lk)``.
+    key/value head, ``(B, Hkv, Lk)``, and how many probes can see each key, ``(B, Lk)``. With ``per_probe`` the
+    probes are not summed: ``(B, Hkv, P, Lk)`` and ``(B, P, Lk)``.
 
     ``query`` ``(B, Hq, Lq, D)`` and ``key`` ``(B, Hkv, Lk, D)`` (grouped-query), ``allowed`` the boolean
     ``(B, 1, Lq, Lk)`` attention mask (causality and padding), ``probes`` the query positions that score.
@@ -48,6 +49,8 @@ def probe_attention(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tenso
     visible = allowed[:, 0, probes]  # (B, P, Lk)
     logits = logits.masked_fill(~visible[:, None, None], float("-inf"))
     weights = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)  # a probe that sees nothing: zeros
+    if per_probe:
+        return weights.sum(dim=2), visible
     return weights.sum(dim=(2, 3)), visible.sum(dim=1)
 
 

@@ -82,11 +82,12 @@ def test_kernel_matches_reference(dtype, q_len, q_heads, masked):
 
 
 @needs_triton
-@pytest.mark.parametrize("salient_ratio,bits", [(0.0, (4, 2)), (1.0, (8, 2)), (0.5, (8, 4))])
-def test_kernel_reads_one_segment_or_other_bit_widths(salient_ratio, bits):
-    segments, window_k, window_v, _ = _cache(salient_ratio=salient_ratio, bits=bits, head_dim=16, seed=2)
+@pytest.mark.parametrize("salient_ratio,bits,head_dim", [(0.0, (4, 2), 16), (1.0, (8, 2), 16), (0.5, (8, 4), 16),
+                                                           (0.6, (4, 2), 24)])
+def test_kernel_reads_one_segment_other_bit_widths_and_head_sizes(salient_ratio, bits, head_dim):
+    segments, window_k, window_v, _ = _cache(salient_ratio=salient_ratio, bits=bits, head_dim=head_dim, seed=2)
     assert len(segments) == (1 if salient_ratio in (0.0, 1.0) else 2)
-    q = _query(2, 4, 1, 16, torch.float32)
+    q = _query(2, 4, 1, head_dim, torch.float32)
     torch.testing.assert_close(quantized_attention_triton(q, segments, window_k, window_v),
                                quantized_attention_reference(q, segments, window_k, window_v), atol=1e-5, rtol=1e-5)
 

@@ -17,15 +17,23 @@ from mmaccel.zoo import load
 from mmaccel.zoo.tiny import sample_inputs
 
 
+def _observe_queries(layer, queries, gen):
+    """What the attention reports after an update of ``queries`` tokens: each query's (random) attention over the
+    window, causal."""
+    width = layer.keys.shape[-2]
+    visible = torch.ones(1, queries, width).tril(width - queries)
+    layer.observe(torch.rand(1, 2, queries, width, generator=gen) * visible[:, None], visible)
+
+
 def _filled_layer(tokens=100, window=16, block=32, seed=0):
     gen = torch.Generator().manual_seed(seed)
     keys, values = torch.randn(1, 2, tokens, 16, generator=gen), torch.randn(1, 2, tokens, 16, generator=gen)
     layer = MixedPrecisionLayer(window=window, block=block)
     layer.update(keys[:, :, :tokens - 2], values[:, :, :tokens - 2])
-    layer.observe(torch.rand(1, 2, tokens - 2, generator=gen), torch.ones(1, tokens - 2))
+    layer.observe(torch.rand(1, 2, 5, tokens - 2, generator=gen), torch.ones(1, 5, tokens - 2))  # 5 probes
     for t in range(tokens - 2, tokens):  # decode steps pack the scored blocks
         layer.update(keys[:, :, t:t + 1], values[:, :, t:t + 1])
-        layer.observe(torch.rand(1, 2, layer.keys.shape[-2], generator=gen), torch.ones(1, layer.keys.shape[-2]))
+        _observe_queries(layer, 1, gen)
     out_k, out_v = layer.dequantized()
     return layer, keys, values, out_k, out_v
 
@@ -49,18 +57,37 @@ def test_blocks_are_packed_in_order_within_the_low_bit_error_and_the_window_is_e
 
 
 def test_crop_then_continue_equals_never_having_drafted():
-    drafted, keys, values, _, _ = _filled_layer()
-    plain, _, _, _, _ = _filled_layer()
-    draft_k, draft_v = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 3, 16)
-    drafted.update(draft_k, draft_v)
-    drafted.crop(-3)
-    assert drafted.get_seq_length() == plain.get_seq_length()
-    extra_k, extra_v = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
-    got, want = drafted.update(extra_k, extra_v), plain.update(extra_k, extra_v)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    """Drafted tokens, scored by their own queries and then cropped, leave no trace: the window, the scores and
+    every later packing decision are those of never having drafted; a crop of part of a forward keeps the kept
+    queries' scores."""
+    drafted, keys, values, _, _ = _filled_layer(tokens=78)
+    plain, _, _, _, _ = _filled_layer(tokens=78)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(40):  # packs two more blocks on the way
+        if step % 3 == 0:
+            drafted.update(torch.randn(1, 2, 4, 16, generator=gen), torch.randn(1, 2, 4, 16, generator=gen))
+            _observe_queries(drafted, 4, gen)
+            drafted.crop(-4)
+        assert torch.equal(drafted.score_sum, plain.score_sum) and torch.equal(drafted.score_count,
+                                                                               plain.score_count)
+        new_k, new_v = torch.randn(1, 2, 1, 16, generator=gen), torch.randn(1, 2, 1, 16, generator=gen)
+        got, want = drafted.update(new_k, new_v), plain.update(new_k, new_v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        scores = torch.rand(1, 2, 1, got[0].shape[-2], generator=gen)
+        for layer in (drafted, plain):
+            layer.observe(scores, torch.ones(1, 1, got[0].shape[-2]))
+    assert drafted.packed_tokens == plain.packed_tokens == 96
     assert all(torch.equal(a, b) for a, b in zip(drafted.dequantized(), plain.dequantized(), strict=True))
+
+    before = plain.score_sum.clone()
+    plain.update(torch.randn(1, 2, 3, 16), torch.randn(1, 2, 3, 16))
+    attention = torch.rand(1, 2, 3, plain.keys.shape[-2])
+    plain.observe(attention, torch.ones(1, 3, plain.keys.shape[-2]))
+    plain.crop(-2)  # one of the three accepted
+    expected = torch.cat([before, torch.zeros(1, 2, 1)], dim=-1) + attention[:, :, 0, :before.shape[-1] + 1]
+    torch.testing.assert_close(plain.score_sum, expected)
     with pytest.raises(ValueError, match="only the .* most recent are in full precision"):
-        drafted.crop(-90)
+        plain.crop(-90)
 
 
 def test_generate_uses_the_mixed_cache_and_it_is_smaller(tiny):
@@ -124,3 +151,32 @@ def test_balanced_preset_packs_the_bundled_models_cache_at_least_four_times_smal
         finally:
             restore(model)
     assert tensor_bytes(base.cache) >= 4 * tensor_bytes(mixed.cache)
+
+
+def test_generated_tokens_after_drafts_and_crops_are_those_of_never_having_drafted(tiny):
+    """End to end on a model: every few steps three drafted tokens are verified in one forward and all rejected
+    (cache.crop); the greedy tokens are the same as without drafting, while blocks keep being packed."""
+    model, processor = tiny("llava")
+    inputs = sample_inputs("llava", processor, batch_size=1, seed=2)
+    accelerate(model, kv={"method": "mixed", "window": 8, "block": 16})
+
+    def greedy(draft: bool) -> tuple[list[int], DynamicCache]:
+        cache = DynamicCache(config=model.config.get_text_config())
+        token = model(**inputs, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        tokens = []
+        for step in range(40):
+            if draft and step % 4 == 1:
+                model(input_ids=torch.tensor([[7, 8, 9]]), cache=cache, use_cache=True)
+                cache.crop(-3)
+            tokens.append(int(token))
+            token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        return tokens, cache
+
+    try:
+        with torch.no_grad():
+            plain, plain_cache = greedy(draft=False)
+            drafted, drafted_cache = greedy(draft=True)
+    finally:
+        restore(model)
+    assert drafted == plain
+    assert drafted_cache.layers[0].packed_tokens == plain_cache.layers[0].packed_tokens > 32
