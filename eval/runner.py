@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 from ..bench import prefill_media, timed_generate, visual_token_counts
-from ..config import AccelConfig
+from ..config import AccelConfig, StreamConfig
 from ..memory import tensor_bytes, track_peak_memory
 from ..patch import accelerate, restore
 from .common import MediaError, Sample, Task
@@ -38,12 +40,18 @@ class Configuration:
         name = Path(value).stem if value.endswith(".json") else value
         return cls(name=name, config=config)
 
+    @property
+    def streams(self) -> bool:
+        """Whether videos are answered by a :func:`mmaccel.stream` session (the ``stream`` section is enabled)."""
+        return self.config.stream.enabled
+
     def apply(self, model: Any) -> None:
-        """Put ``model`` in this configuration (``none`` restores it)."""
-        if self.name == "none" or self.config == AccelConfig():
+        """Put ``model`` in this configuration (``none`` restores it); the ``stream`` section is for sessions."""
+        generate_config = self.config.updated(stream={"method": "none"})
+        if self.name == "none" or generate_config == AccelConfig():
             restore(model)
         else:
-            accelerate(model, self.config)
+            accelerate(model, generate_config)
 
 
 @dataclass
@@ -139,6 +147,29 @@ def answer(model: Any, processor: Any, inputs: Any, max_new_tokens: int, measure
             "visual_tokens_kept": kept, "kv_bytes": tensor_bytes(out.cache), "peak_memory_bytes": peak}
 
 
+def answer_streaming(model: Any, processor: Any, frames: Any, text: str, config: StreamConfig, max_new_tokens: int,
+                     measure_memory: bool) -> dict[str, Any]:
+    """A video answered as a live stream would be: the frames ingested into a :func:`mmaccel.stream` session,
+    then the question asked. TTFT and latency are the question's alone (the frames arrived before it); the record
+    adds the ingest time per frame. Peak memory (when measured) covers ingest and answer, above the weights."""
+    from ..stream import StreamSession
+
+    device = next(model.parameters()).device
+    with track_peak_memory(device) if measure_memory else nullcontext({}) as memory:
+        session = StreamSession(model, processor, config)
+        session.add_frames(frames)
+        start = time.perf_counter()
+        output = "".join(session.ask(text, max_new_tokens=max_new_tokens))
+        latency = time.perf_counter() - start
+    stats = session.stats()
+    new_tokens = len(processor.tokenizer(output, add_special_tokens=False).input_ids)
+    ttft = stats["last_ttft_s"] if stats["last_ttft_s"] is not None else latency
+    return {"output": output, "ttft_s": ttft, "tpot_s": (latency - ttft) / max(1, new_tokens - 1),
+            "latency_s": latency, "new_tokens": new_tokens, "visual_tokens": stats["visual_tokens_seen"],
+            "visual_tokens_kept": stats["visual_tokens_kept"], "kv_bytes": stats["kv_bytes"],
+            "peak_memory_bytes": memory.get("peak_bytes"), "ingest_s_per_frame": stats["ingest_s_per_frame"]}
+
+
 def evaluate(model: Any, processor: Any, task: Task, samples: list[Sample], configurations: list[Configuration],
              out: Path, identity: dict[str, Any], options: RunOptions, shard: Shard | None = None
              ) -> dict[str, list[dict[str, Any]]] | None:
@@ -163,7 +194,8 @@ def evaluate(model: Any, processor: Any, task: Task, samples: list[Sample], conf
             base = {"key": sample.key, "index": sample.index, "answer": sample.answer, "fields": sample.fields}
             text = task.prompt(sample)
             try:
-                inputs = build_inputs(processor, sample.kind, sample.load_media(), text, device)
+                media = sample.load_media()
+                inputs = build_inputs(processor, sample.kind, media, text, device)
             except Exception as err:  # a corrupt file or one the processor rejects: record it, go on
                 reason = str(err) if isinstance(err, MediaError) else f"cannot prepare the inputs ({_describe(err)})"
                 for configuration in pending:
@@ -173,14 +205,13 @@ def evaluate(model: Any, processor: Any, task: Task, samples: list[Sample], conf
             for configuration in pending:
                 configuration.apply(model)
                 record = {**base, "config": configuration.name, "prompt": text}
+                question = (sample.kind, media, inputs, text)
                 try:
                     if configuration.name not in warmed:
                         for _ in range(options.warmup):
-                            answer(model, processor, inputs, options.max_new_tokens, measure_memory=False,
-                                   media_first=options.media_first)
+                            _respond(model, processor, configuration, question, options, measure_memory=False)
                         warmed.add(configuration.name)
-                    result = answer(model, processor, inputs, options.max_new_tokens, options.measure_memory,
-                                    options.media_first)
+                    result = _respond(model, processor, configuration, question, options, options.measure_memory)
                 except Exception as err:  # e.g. out of memory on one long video: record it, go on
                     stores[configuration.name].append({**record, "error": f"generate failed ({_describe(err)})"},
                                                       shard.rank)
@@ -200,6 +231,16 @@ def evaluate(model: Any, processor: Any, task: Task, samples: list[Sample], conf
         records = [r for k, r in stores[configuration.name].read().items() if k in order]
         merged[configuration.name] = sorted(records, key=lambda r: order[r["key"]])
     return merged
+
+
+def _respond(model: Any, processor: Any, configuration: Configuration, question: tuple, options: RunOptions,
+             measure_memory: bool) -> dict[str, Any]:
+    """One answer in ``configuration``: a stream session for a video when it streams, else ``generate``."""
+    kind, media, inputs, text = question
+    if configuration.streams and kind == "video":
+        return answer_streaming(model, processor, media, text, configuration.config.stream, options.max_new_tokens,
+                                measure_memory)
+    return answer(model, processor, inputs, options.max_new_tokens, measure_memory, options.media_first)
 
 
 def _describe(err: Exception) -> str:

@@ -15,6 +15,7 @@ if (_repo_root / "pyproject.toml").is_file() and (_repo_root / "adapters" / "__i
 
 from .config import PRESETS, AccelConfig, ConfigError  # noqa: E402
 from .patch import accelerate, get_config, is_accelerated, restore  # noqa: E402
+from .stream import StreamSession, stream  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,7 @@ __all__ = [
     "get_config",
     "is_accelerated",
     "restore",
+    "stream",
+    "StreamSession",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""The ``mmaccel`` command line: ``bench``, ``eval``, ``presets``, ``config``."""
+"""The ``mmaccel`` command line: ``bench``, ``eval``, ``stream-bench``, ``demo``, ``presets``, ``config``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate on a local copy of lmms-lab/POPE, lmms-lab/MME or lmms-lab/Video-MME (or a generated "
                     "set in their layout) with lmms-eval's prompts, parsing and metrics; every answer is timed and "
                     "streamed to --out, and a rerun resumes."))
+    sub.add_parser("stream-bench", add_help=False,
+                   help="carrier-token streaming vs dense: memory, ingest time and answer latency (see --help)")
+    sub.add_parser("demo", add_help=False, help="the Gradio streaming video chat (see --help)")
     sub.add_parser("presets", help="list the named presets and what each trades")
     p = sub.add_parser("config", help="print a validated config as JSON")
     p.add_argument("--preset", default="none", choices=list(PRESETS))
@@ -62,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     from .eval.store import RunMismatchError
     from .models import ModelLoadError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("stream-bench", "demo"):  # their own parsers take the rest of the line
+        from .demo import main as demo_main
+        from .stream.bench import main as stream_bench_main
+
+        return (stream_bench_main if argv[0] == "stream-bench" else demo_main)(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bench":

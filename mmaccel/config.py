@@ -125,10 +125,24 @@ class PruneConfig(_SubConfig):
 
 @dataclass
 class StreamConfig(_SubConfig):
-    """Carrier-token streaming for long and live video. Not yet available."""
+    """Carrier-token streaming video (``method="carrier"``), read by :func:`mmaccel.stream` sessions (not by
+    ``generate``): each frame is prefilled once with one carrier token after it (the mean of the frame's visual
+    embeddings); once the frame is older than the ``recent_frames`` newest, its visual tokens' KV is evicted except
+    the carrier and the ``topk_tokens`` most salient; at most ``max_frames`` frames are remembered (past that, of the
+    two most similar adjacent carriers the older is dropped). ``positions``: ``"compact"`` (each new token at the
+    cache's length, VideoScan's choice: positions stay bounded) or ``"dense"`` (as if nothing had been evicted).
+    ``fps``: frames taken per second of a video file. ``frames_per_forward``: frames prefilled together."""
 
     method: str = "none"
-    CHOICES: ClassVar = {"method": ("none",)}
+    max_frames: int = 64
+    recent_frames: int = 0
+    topk_tokens: int = 0
+    positions: str = "compact"
+    fps: float = 1.0
+    frames_per_forward: int = 1
+    CHOICES: ClassVar = {"method": ("none", "carrier"), "positions": ("compact", "dense")}
+    RANGES: ClassVar = {"max_frames": (1, 1_000_000), "recent_frames": (0, 1_000_000),
+                        "topk_tokens": (0, 100_000), "fps": (0.001, 1000.0), "frames_per_forward": (1, 1024)}
     SECTION: ClassVar = "stream"
 
 
@@ -306,6 +320,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "for decode (salient 60% of tokens at 4 bits, the rest at 2, the last 16-47 tokens in full "
                        "precision); small accuracy cost, a several times smaller cache.",
         "config": {"prune": {"method": "dynamic"}, "kv": {"method": "mixed"}},
+    },
+    "stream": {
+        "description": "For mmaccel.stream sessions, the demo and eval of videos: VideoScan-style carrier tokens; "
+                       "once a frame is prefilled only its carrier token stays in the cache, at most 64 frames "
+                       "remembered: memory bounded whatever the stream's length, answers that need no prefill of "
+                       "the video, at an accuracy cost that is large on models not trained for carriers "
+                       "(topk_tokens and recent_frames keep more of each frame).",
+        "config": {"stream": {"method": "carrier"}},
     },
     "fast": {
         "description": "FastV-style fixed budget: after layer 2 only the best quarter of each image's (or video's) "

@@ -16,7 +16,7 @@ from torch import nn
 
 from .adapters import ModelAdapter, get_adapter
 from .attention import ATTENTION_NAME, BACKEND_ATTR, check_triton_usable, register_attention
-from .config import AccelConfig
+from .config import AccelConfig, ConfigError
 
 #: Attribute of the model instance that holds its :class:`PatchState`.
 STATE_ATTR = "_mmaccel_state"
@@ -106,6 +106,9 @@ def accelerate(model: nn.Module, config: AccelConfig | dict | str | None = None,
     adapter and ``ConfigError`` for a bad configuration, before anything is changed.
     """
     resolved = AccelConfig.resolve(config, **overrides)
+    if resolved.stream.enabled:
+        raise ConfigError(f"stream={resolved.stream.method!r} configures mmaccel.stream(model, processor, config) "
+                          f"sessions, not generate; pass it there and leave stream='none' in accelerate")
     adapter = get_adapter(model)
     if is_accelerated(model):
         restore(model)
