@@ -39,6 +39,8 @@ triton = None
 tl = None
 _dot = None
 _attend_block = None
+_query_tile = None
+_softmax_step = None
 
 
 @functools.cache
@@ -83,7 +85,7 @@ def triton_unusable_reason(device: torch.device | str) -> str | None:
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """Import triton and define the kernels (once). Raises ``RuntimeError`` naming what is missing."""
-    global triton, tl, _dot, _attend_block
+    global triton, tl, _dot, _attend_block, _query_tile, _softmax_step
     error = _triton_import_error()
     if error is not None:
         raise RuntimeError(f"attention backend 'triton' needs the triton package, which does not import here "
@@ -102,6 +104,35 @@ def _kernels() -> SimpleNamespace:
         else:
             out = tl.dot(a, b)
         return out
+
+    @triton.jit
+    def _query_tile(
+        Q, batch, kv_head, pid_m, q_len, stride_qb, stride_qh, stride_qm, stride_qd,
+        GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """A tile's flattened query rows (row ``r``: position ``r % Lq`` of query head ``kv_head * GROUP + r //
+        Lq``) and their queries: ``(q, row_valid, q_pos, head, dims, dim_valid)``."""
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_valid = rows < GROUP * q_len
+        q_pos = rows % q_len
+        head = kv_head * GROUP + rows // q_len
+        dims = tl.arange(0, BLOCK_D)
+        dim_valid = dims < HEAD_DIM
+        q = tl.load(Q + batch * stride_qb + head[:, None] * stride_qh + q_pos[:, None] * stride_qm
+                    + dims[None, :] * stride_qd, mask=row_valid[:, None] & dim_valid[None, :], other=0.0)
+        return q, row_valid, q_pos, head, dims, dim_valid
+
+    @triton.jit
+    def _softmax_step(acc, l_i, m_i, scores, v, IEEE: tl.constexpr):
+        """One key block of the online softmax: ``scores`` in log2 units, ``-inf`` where not allowed (a row that has
+        seen no key yet stays empty)."""
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(scores - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+        return acc, l_i, m_new
 
     @triton.jit
     def _attend_block(
@@ -167,15 +198,9 @@ def _kernels() -> SimpleNamespace:
         kv_head = (pid_bh % num_kv_heads).to(tl.int64)
 
         n_rows = GROUP * q_len
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_valid = rows < n_rows
-        q_pos = rows % q_len
-        head = kv_head * GROUP + rows // q_len
-        dims = tl.arange(0, BLOCK_D)
-        dim_valid = dims < HEAD_DIM
-
-        q = tl.load(Q + batch * stride_qb + head[:, None] * stride_qh + q_pos[:, None] * stride_qm
-                    + dims[None, :] * stride_qd, mask=row_valid[:, None] & dim_valid[None, :], other=0.0)
+        q, row_valid, q_pos, head, dims, dim_valid = _query_tile(
+            Q, batch, kv_head, pid_m, q_len, stride_qb, stride_qh, stride_qm, stride_qd,
+            GROUP=GROUP, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D)
 
         lo = pid_split * keys_per_split
         hi = tl.minimum(lo + keys_per_split, kv_len)

@@ -32,14 +32,17 @@ triton = None
 tl = None
 _dot = None
 _attend_packed = None
+_query_tile = None
+_softmax_step = None
 
 
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """Import triton (through the dense kernel's loader) and define the kernel."""
-    global triton, tl, _dot, _attend_packed
+    global triton, tl, _dot, _attend_packed, _query_tile, _softmax_step
     dense._kernels()
-    triton, tl, _dot = dense.triton, dense.tl, dense._dot
+    triton, tl, _dot, _query_tile, _softmax_step = (dense.triton, dense.tl, dense._dot, dense._query_tile,
+                                                    dense._softmax_step)
 
     @triton.jit
     def _attend_packed(
@@ -68,12 +71,6 @@ def _kernels() -> SimpleNamespace:
         if HAS_VALID:
             keep = tl.load(Valid + row, mask=t_valid, other=0)
             allowed = allowed & (keep != 0)[None, :]
-        scores = tl.where(allowed, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(scores - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
 
         v_valid = t_valid[:, None] & dim_valid[None, :]
         v_bytes = tl.load(VC + row[:, None] * (HEAD_DIM * BITS // 8) + byte[None, :], mask=v_valid, other=0)
@@ -82,8 +79,7 @@ def _kernels() -> SimpleNamespace:
         v_low = tl.load(VLow + row, mask=t_valid, other=0.0).to(tl.float32)
         channel = tl.load(VChan + stat[:, None] + dims[None, :], mask=v_valid, other=0.0).to(tl.float32)
         v = (v_codes * v_step[:, None] + v_low[:, None]) * channel
-        acc = acc * alpha[:, None] + _dot(p.to(q.dtype), v.to(q.dtype), IEEE)
-        return acc, l_i, m_new
+        return _softmax_step(acc, l_i, m_i, tl.where(allowed, scores, float("-inf")), v.to(q.dtype), IEEE)
 
     @triton.jit
     def _quantized_kernel(
@@ -109,14 +105,9 @@ def _kernels() -> SimpleNamespace:
         batch = bh // num_kv_heads
         kv_head = bh % num_kv_heads
 
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_valid = rows < GROUP * q_len
-        q_pos = rows % q_len
-        head = kv_head * GROUP + rows // q_len
-        dims = tl.arange(0, BLOCK_D)
-        dim_valid = dims < HEAD_DIM
-        q = tl.load(Q + batch * stride_qb + head[:, None] * stride_qh + q_pos[:, None] * stride_qm
-                    + dims[None, :] * stride_qd, mask=row_valid[:, None] & dim_valid[None, :], other=0.0)
+        q, row_valid, q_pos, head, dims, dim_valid = _query_tile(
+            Q, batch, kv_head, pid_m, q_len, stride_qb, stride_qh, stride_qm, stride_qd,
+            GROUP=GROUP, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D)
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -157,14 +148,7 @@ def _kernels() -> SimpleNamespace:
                 allowed = allowed & (keep != 0)
             else:
                 allowed = allowed & (cols[None, :] <= q_pos[:, None] + (window - q_len))
-            scores = tl.where(allowed, scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(scores - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-            m_i = m_new
+            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, tl.where(allowed, scores, float("-inf")), v, IEEE)
 
         empty = l_i == 0.0
         out = acc / tl.where(empty, 1.0, l_i)[:, None]

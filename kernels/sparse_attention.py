@@ -32,14 +32,17 @@ dense = importlib.import_module(f"{__package__}.attention")
 triton = None
 tl = None
 _dot = None
+_query_tile = None
+_softmax_step = None
 
 
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """Import triton (through the dense kernel's loader, which names what is missing) and define the kernel."""
-    global triton, tl, _dot
+    global triton, tl, _dot, _query_tile, _softmax_step
     dense._kernels()
-    triton, tl, _dot = dense.triton, dense.tl, dense._dot
+    triton, tl, _dot, _query_tile, _softmax_step = (dense.triton, dense.tl, dense._dot, dense._query_tile,
+                                                    dense._softmax_step)
 
     @triton.jit
     def _sparse_kernel(
@@ -59,14 +62,9 @@ def _kernels() -> SimpleNamespace:
         batch = (pid_bh // num_kv_heads).to(tl.int64)
         kv_head = (pid_bh % num_kv_heads).to(tl.int64)
 
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_valid = rows < GROUP * q_len
-        q_pos = rows % q_len
-        head = kv_head * GROUP + rows // q_len
-        dims = tl.arange(0, BLOCK_D)
-        dim_valid = dims < HEAD_DIM
-        q = tl.load(Q + batch * stride_qb + head[:, None] * stride_qh + q_pos[:, None] * stride_qm
-                    + dims[None, :] * stride_qd, mask=row_valid[:, None] & dim_valid[None, :], other=0.0)
+        q, row_valid, q_pos, head, dims, dim_valid = _query_tile(
+            Q, batch, kv_head, pid_m, q_len, stride_qb, stride_qh, stride_qm, stride_qd,
+            GROUP=GROUP, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D)
 
         # How many selected keys this tile may need: all kept ones, or (causal) those up to its last position.
         hi = tl.load(Limit + batch * stride_lb + kv_head * stride_lh + pid_m * stride_lm)
@@ -89,14 +87,7 @@ def _kernels() -> SimpleNamespace:
             allowed = row_valid[:, None] & slot_valid[None, :]
             if IS_CAUSAL:
                 allowed = allowed & (keys[None, :] <= (q_pos[:, None] + causal_offset))
-            scores = tl.where(allowed, scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(scores - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-            m_i = m_new
+            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, tl.where(allowed, scores, float("-inf")), v, IEEE)
 
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(Out + batch * stride_ob + q_pos[:, None] * stride_om + head[:, None] * stride_oh
