@@ -42,21 +42,24 @@ class RunResult:
 
 
 class TokenClock:
-    """A generate ``streamer`` that timestamps each step: the first ``put`` is the prompt, then one per token."""
+    """A generate ``streamer`` that timestamps each step and counts its tokens: the first ``put`` is the prompt,
+    then one per decoding step (several tokens at once under speculative decoding)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.stamps: list[float] = []
+        self.counts: list[int] = []
         self._seen_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
-        """Record the time of one generated step (the prompt's ``put`` is skipped)."""
+        """Record the time and the number of tokens of one generated step (the prompt's ``put`` is skipped)."""
         if not self._seen_prompt:
             self._seen_prompt = True
             return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.stamps.append(time.perf_counter())
+        self.counts.append(int(value.shape[-1]) if value.dim() else 1)
 
     def end(self) -> None:
         """Nothing to do at the end of generation."""
@@ -64,8 +67,8 @@ class TokenClock:
 
 def timed_generate(model: Any, inputs: Any, **generate_kwargs: Any) -> tuple[Any, float, float, float]:
     """``model.generate(**inputs, **generate_kwargs)`` with a per-step clock. Returns the output, TTFT (start to
-    the first new token: prefill), TPOT (mean time per later token: decode) and the wall time to the last token,
-    all in seconds."""
+    the first new token: prefill), TPOT (decode time per token after the first step's) and the wall time to the
+    last token, all in seconds."""
     device = next(model.parameters()).device
     clock = TokenClock(device)
     if device.type == "cuda":
@@ -74,7 +77,8 @@ def timed_generate(model: Any, inputs: Any, **generate_kwargs: Any) -> tuple[Any
     out = model.generate(**inputs, streamer=clock, **generate_kwargs)
     end = clock.stamps[-1] if clock.stamps else time.perf_counter()
     first = clock.stamps[0] if clock.stamps else end
-    return out, first - start, (end - first) / max(1, len(clock.stamps) - 1), end - start
+    decoded = sum(clock.counts[1:])
+    return out, first - start, (end - first) / max(1, decoded), end - start
 
 
 def prefill_media(model: Any, inputs: Any) -> dict[str, Any]:
@@ -226,7 +230,10 @@ def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_token
         record: dict[str, Any] = {"sample": index}
         for side in SIDES:
             _set_side(model, side, config)
+            speculative = _speculative_component(model)
             runs = [run_once(model, inputs, max_new_tokens, measure_memory=False) for _ in range(repeats)]
+            acceptance = speculative.stats.summary() | {"accepted": speculative.stats.accepted} \
+                if speculative is not None else None
             if device.type == "cuda":
                 peak = max(r.peak_memory_bytes for r in [run_once(model, inputs, max_new_tokens, True)])
             else:
@@ -241,6 +248,7 @@ def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_token
                 "visual_tokens_kept": runs[0].visual_tokens_kept,
                 "peak_memory_bytes": peak,
                 "tokens": runs[0].tokens,
+                "speculation": acceptance,
             }
         record["tokens_match"] = record["baseline"]["tokens"] == record["accelerated"]["tokens"]
         per_sample.append(record)
@@ -248,14 +256,22 @@ def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_token
     return {"samples": per_sample, "summary": summarize(per_sample)}
 
 
+def _speculative_component(model: Any) -> Any:
+    """The accelerated model's speculative-decoding component, if it has one."""
+    state = get_state(model)
+    return next((c for c in state.components if c.name == "spec"), None) if state is not None else None
+
+
 def summarize(per_sample: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over all timed runs, maxima of peak memory, and accelerated ÷ baseline ratios."""
+    """Medians over all timed runs, maxima of peak memory, and accelerated ÷ baseline ratios; with speculative
+    decoding, the mean accepted length over every verification step of the timed runs."""
     summary: dict[str, Any] = {}
     for side in SIDES:
         rows = [s[side] for s in per_sample]
         summary[side] = {
             "ttft_ms": 1e3 * statistics.median(t for r in rows for t in r["ttft_s"]),
             "tpot_ms": 1e3 * statistics.median(t for r in rows for t in r["tpot_s"]),
+            "decode_tokens_per_s": 1.0 / statistics.median(t for r in rows for t in r["tpot_s"]),
             "tokens_per_s": statistics.median(t for r in rows for t in r["tokens_per_s"]),
             "peak_memory_mb": max(r["peak_memory_bytes"] for r in rows) / 2**20,
             "kv_cache_mb": statistics.median(r["kv_bytes"] for r in rows) / 2**20,
@@ -267,12 +283,17 @@ def summarize(per_sample: list[dict[str, Any]]) -> dict[str, Any]:
         for key in summary["baseline"]
     }
     summary["tokens_match"] = sum(s["tokens_match"] for s in per_sample) / len(per_sample)
+    speculation = [s["accelerated"].get("speculation") for s in per_sample]
+    if all(speculation):
+        steps = sum(x["steps"] for x in speculation)
+        summary["mean_accepted_length"] = (sum(x["accepted"] for x in speculation) + steps) / steps if steps else None
     return summary
 
 
 _ROWS = [
     ("ttft_ms", "TTFT (ms)", "lower"),
     ("tpot_ms", "TPOT (ms)", "lower"),
+    ("decode_tokens_per_s", "decode tokens/s", "higher"),
     ("tokens_per_s", "tokens/s", "higher"),
     ("peak_memory_mb", "peak memory (MB)", "lower"),
     ("kv_cache_mb", "KV cache (MB)", "lower"),
@@ -291,6 +312,8 @@ def format_table(result: dict[str, Any], header: str = "") -> str:
         ratio_text = f"{ratio:.3f}x" if ratio is not None else "-"
         lines.append(f"{label:<26}{base:>14.3f}{acc:>14.3f}{ratio_text:>12}")
     lines.append(f"{'tokens match baseline':<26}{'':>14}{summary['tokens_match'] * 100:>13.0f}%")
+    if summary.get("mean_accepted_length") is not None:
+        lines.append(f"{'mean accepted length':<26}{'':>14}{summary['mean_accepted_length']:>14.2f}")
     return "\n".join(lines)
 
 

@@ -177,11 +177,24 @@ class KVConfig(_SubConfig):
 
 @dataclass
 class SpecConfig(_SubConfig):
-    """Speculative decoding (draft head, small VLM drafter, prompt lookup). Not yet available."""
+    """Lossless speculative decoding through ``generate`` (batch 1): a drafter proposes up to ``num_tokens`` tokens
+    and the model verifies them in one forward (transformers' assisted decoding: greedy output equal to the model's,
+    sampling distribution-preserving). ``method="prompt_lookup"``: the continuation of the latest earlier
+    occurrence of the last ``min_ngram`` to ``max_ngram`` tokens, in the prompt's text and the answer so far."""
 
     method: str = "none"
-    CHOICES: ClassVar = {"method": ("none",)}
+    num_tokens: int = 8
+    max_ngram: int = 3
+    min_ngram: int = 1
+    CHOICES: ClassVar = {"method": ("none", "prompt_lookup")}
+    RANGES: ClassVar = {"num_tokens": (1, 64), "max_ngram": (1, 16), "min_ngram": (1, 16)}
     SECTION: ClassVar = "spec"
+
+    def validate(self) -> None:
+        """The field checks, and ``min_ngram <= max_ngram``."""
+        super().validate()
+        if self.min_ngram > self.max_ngram:
+            raise ConfigError(f"spec.min_ngram={self.min_ngram} must not exceed spec.max_ngram={self.max_ngram}")
 
 
 @dataclass
@@ -320,6 +333,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "for decode (salient 60% of tokens at 4 bits, the rest at 2, the last 16-47 tokens in full "
                        "precision); small accuracy cost, a several times smaller cache.",
         "config": {"prune": {"method": "dynamic"}, "kv": {"method": "mixed"}},
+    },
+    "speculative": {
+        "description": "Lossless speculative decoding (batch 1): prompt-lookup drafts of up to 8 tokens verified in "
+                       "one forward; the same output as the model, decode faster where answers repeat the prompt or "
+                       "themselves.",
+        "config": {"spec": {"method": "prompt_lookup"}},
     },
     "stream": {
         "description": "For mmaccel.stream sessions, the demo and eval of videos: VideoScan-style carrier tokens; "

@@ -94,6 +94,10 @@ def build_components(config: AccelConfig) -> list[Component]:
         from .kv.component import MixedPrecisionKV
 
         components.append(MixedPrecisionKV(config.kv))
+    if config.spec.enabled:
+        from .spec import SpeculativeDecoding
+
+        components.append(SpeculativeDecoding(config.spec))
     return components
 
 

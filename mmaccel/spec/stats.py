@@ -1,0 +1,45 @@
+"""Acceptance statistics of speculative decoding: per verification step, how many tokens were drafted and how many
+the target accepted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class AcceptanceStats:
+    """Counts over the verification steps since the last :meth:`reset`."""
+
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    drafted_at: list[int] = field(default_factory=list)  # [i]: steps whose draft had a token at position i
+    accepted_at: list[int] = field(default_factory=list)  # [i]: steps whose token at position i was accepted
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """One verification step: ``drafted`` tokens proposed, the first ``accepted`` of them accepted."""
+        self.steps += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        for counts, upto in ((self.drafted_at, drafted), (self.accepted_at, accepted)):
+            counts.extend([0] * (upto - len(counts)))
+            for position in range(upto):
+                counts[position] += 1
+
+    def reset(self) -> None:
+        """Forget every step."""
+        self.steps = self.drafted = self.accepted = 0
+        self.drafted_at, self.accepted_at = [], []
+
+    def summary(self) -> dict[str, Any]:
+        """Mean accepted length (tokens per target forward: accepted drafts plus the target's own token), the
+        acceptance rate overall and per draft position."""
+        return {
+            "steps": self.steps,
+            "mean_accepted_length": (self.accepted + self.steps) / self.steps if self.steps else None,
+            "acceptance_rate": self.accepted / self.drafted if self.drafted else None,
+            "acceptance_by_position": [
+                (self.accepted_at[i] if i < len(self.accepted_at) else 0) / drafted
+                for i, drafted in enumerate(self.drafted_at)],
+        }
