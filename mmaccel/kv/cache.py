@@ -62,7 +62,7 @@ class MixedPrecisionLayer(DynamicLayer):
     """A croppable cache layer with packed mixed-precision segments and a full-precision window (module
     docstring). ``keys`` / ``values`` hold the window."""
 
-    def __init__(self, high_bits: int = 4, low_bits: int = 2, salient_ratio: float = 0.6, window: int = 32,
+    def __init__(self, high_bits: int = 4, low_bits: int = 2, salient_ratio: float = 0.6, window: int = 16,
                  block: int = 32):
         super().__init__()
         self.high_bits, self.low_bits, self.salient_ratio = high_bits, low_bits, salient_ratio

@@ -5,10 +5,10 @@ layers without the user passing anything.
   mixed-precision layers in place, so the same cache object carries on through decode.
 - Each attention module gets a :class:`CacheAttention` (:data:`mmaccel.attention.KV_ATTR`), called by mmaccel's
   attention function with the layer's queries and the window's keys and values. Its scoring queries (at prefill the
-  probe queries: the instruction after the last visual token and a random sample, as the prune scorer uses; at
-  decode the new query) report their attention to the cache layer's full-precision window, which packs each block
-  by those scores. Once the layer holds packed tokens, it computes the attention itself:
-  :func:`~mmaccel.kernels.quantized_attention` over the packed segments and the window.
+  probe queries: the instruction after the last visual token and a random sample, as the prune scorer uses; in
+  decode and speculative verification every new query) report their attention to the cache layer's full-precision
+  window, which packs each block by those scores. Once the layer holds packed tokens, it computes the attention
+  itself: :func:`~mmaccel.kernels.quantized_attention` over the packed segments and the window.
 """
 
 from __future__ import annotations
