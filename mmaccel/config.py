@@ -180,13 +180,16 @@ class SpecConfig(_SubConfig):
     """Lossless speculative decoding through ``generate`` (batch 1): a drafter proposes up to ``num_tokens`` tokens
     and the model verifies them in one forward (transformers' assisted decoding: greedy output equal to the model's,
     sampling distribution-preserving). ``method="prompt_lookup"``: the continuation of the latest earlier
-    occurrence of the last ``min_ngram`` to ``max_ngram`` tokens, in the prompt's text and the answer so far."""
+    occurrence of the last ``min_ngram`` to ``max_ngram`` tokens, in the prompt's text and the answer so far.
+    ``method="draft_head"``: an MSD-style draft head (:mod:`mmaccel.spec.draft_head`) read from the folder ``head``
+    (default: the model's own folder, where the bundled models keep theirs)."""
 
     method: str = "none"
     num_tokens: int = 8
     max_ngram: int = 3
     min_ngram: int = 1
-    CHOICES: ClassVar = {"method": ("none", "prompt_lookup")}
+    head: str = ""
+    CHOICES: ClassVar = {"method": ("none", "prompt_lookup", "draft_head")}
     RANGES: ClassVar = {"num_tokens": (1, 64), "max_ngram": (1, 16), "min_ngram": (1, 16)}
     SECTION: ClassVar = "spec"
 

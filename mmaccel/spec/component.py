@@ -29,6 +29,7 @@ from typing import Any
 from torch import nn
 
 from ..config import SpecConfig
+from .draft_head import DraftHead, DraftHeadCandidates
 from .prompt_lookup import PromptLookupCandidates
 from .stats import AcceptanceStats
 
@@ -44,9 +45,15 @@ class SpeculativeDecoding:
     stats: AcceptanceStats = field(default_factory=AcceptanceStats)
     _saved_lookup: Any = None
     _media_token_ids: set[int] = field(default_factory=set)
+    _head: DraftHead | None = None
 
     def install(self, model: nn.Module, state: Any) -> None:
-        """Route ``generate`` to assisted decoding with mmaccel's drafter."""
+        """Route ``generate`` to assisted decoding with mmaccel's drafter (loading the draft head first, so that a
+        missing one fails here)."""
+        if self.config.method == "draft_head":
+            folder = self.config.head or getattr(model.config, "_name_or_path", "")
+            self._head = DraftHead.load(state.adapter, folder).to(next(model.parameters()).device,
+                                                                  next(model.parameters()).dtype).eval()
         self._media_token_ids = set()
         for name in _MEDIA_TOKENS:
             try:
@@ -62,6 +69,10 @@ class SpeculativeDecoding:
             if assistant_model is not None:
                 return original(model, generation_config, input_ids, inputs_tensor, logits_processor, model_kwargs,
                                 assistant_model, **kwargs)
+            if self._head is not None:
+                return DraftHeadCandidates(model, state.adapter, self._head, generation_config.prompt_lookup_num_tokens
+                                           or self.config.num_tokens, generation_config._eos_token_tensor,
+                                           generation_config.max_length, self.stats)
             return PromptLookupCandidates(
                 num_tokens=generation_config.prompt_lookup_num_tokens or self.config.num_tokens,
                 max_ngram=self.config.max_ngram, min_ngram=self.config.min_ngram,
@@ -74,6 +85,7 @@ class SpeculativeDecoding:
         """Give ``generate`` its own decoding back."""
         model.__dict__.pop("_get_candidate_generator", None)
         model.generation_config.prompt_lookup_num_tokens = self._saved_lookup
+        self._head = None
 
     def acceptance(self) -> dict[str, Any]:
         """Mean accepted length and acceptance rates since the last :meth:`reset_stats`."""
