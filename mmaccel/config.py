@@ -202,10 +202,21 @@ class SpecConfig(_SubConfig):
 
 @dataclass
 class ContrastConfig(_SubConfig):
-    """Contrastive decoding against hallucination (VCD, AvisC, CODE). Not yet available."""
+    """Contrastive decoding against hallucination through ``generate``: ``(1 + alpha) l_o - alpha l_c`` with the
+    adaptive plausibility constraint (keep tokens with ``p >= beta * max p``), greedy or sampled. ``method``:
+    ``"vcd"`` (the image noised to diffusion step ``noise_step``, VCD's defaults) or ``"no_image"`` (the prompt
+    without its media; batch 1). Steps whose distribution has entropy under ``entropy_threshold`` nats skip the
+    contrast branch (0: never skip)."""
 
     method: str = "none"
-    CHOICES: ClassVar = {"method": ("none",)}
+    alpha: float = 1.0
+    beta: float = 0.1
+    noise_step: int = 500
+    entropy_threshold: float = 0.0
+    seed: int = 0
+    CHOICES: ClassVar = {"method": ("none", "vcd", "no_image")}
+    RANGES: ClassVar = {"alpha": (0.0, 100.0), "beta": (1e-6, 1.0), "noise_step": (0, 999),
+                        "entropy_threshold": (0.0, 100.0)}
     SECTION: ClassVar = "contrast"
 
 

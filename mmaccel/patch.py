@@ -98,6 +98,10 @@ def build_components(config: AccelConfig) -> list[Component]:
         from .spec import SpeculativeDecoding
 
         components.append(SpeculativeDecoding(config.spec))
+    if config.contrast.enabled:
+        from .contrast import ContrastiveDecoding
+
+        components.append(ContrastiveDecoding(config.contrast))
     return components
 
 
@@ -110,6 +114,10 @@ def accelerate(model: nn.Module, config: AccelConfig | dict | str | None = None,
     adapter and ``ConfigError`` for a bad configuration, before anything is changed.
     """
     resolved = AccelConfig.resolve(config, **overrides)
+    if resolved.contrast.enabled and (resolved.spec.enabled or resolved.kv.enabled):
+        raise ConfigError(f"contrast={resolved.contrast.method!r} does not combine with spec or kv yet (its "
+                          f"contrast branch keeps a plain cache and reads every generated token once); leave "
+                          f"spec='none' and kv='none'")
     if resolved.stream.enabled:
         raise ConfigError(f"stream={resolved.stream.method!r} configures mmaccel.stream(model, processor, config) "
                           f"sessions, not generate; pass it there and leave stream='none' in accelerate")
