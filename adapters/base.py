@@ -158,6 +158,16 @@ class ModelAdapter:
                 continue
         return mask
 
+    def media_token_ids(self) -> set[int]:
+        """The ids of the family's image, video and audio placeholder tokens (those it has)."""
+        ids = set()
+        for name in ("image_token_id", "video_token_id", "audio_token_id"):
+            try:
+                ids.add(self._token_id(name))
+            except ValueError:  # a family without this modality
+                continue
+        return ids
+
     def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                      **inputs: Any) -> torch.Tensor:
         """Position ids the language model uses at prefill: ``(batch, seq_len)`` for 1-D RoPE.

@@ -20,8 +20,6 @@ from ..config import ContrastConfig
 from .branches import vcd_inputs, without_media
 from .decoding import ContrastiveLogitsProcessor, ContrastStats
 
-_MEDIA_TOKENS = ("image_token_id", "video_token_id", "audio_token_id")
-
 
 @dataclass
 class ContrastiveDecoding:
@@ -33,12 +31,7 @@ class ContrastiveDecoding:
 
     def install(self, model: nn.Module, state: Any) -> None:
         """Wrap ``model.generate``."""
-        media = set()
-        for token in _MEDIA_TOKENS:
-            try:
-                media.add(state.adapter._token_id(token))
-            except ValueError:
-                continue
+        media = state.adapter.media_token_ids()
         original = model.generate
 
         @functools.wraps(original)

@@ -33,8 +33,6 @@ from .draft_head import DraftHead, DraftHeadCandidates
 from .prompt_lookup import PromptLookupCandidates
 from .stats import AcceptanceStats
 
-_MEDIA_TOKENS = ("image_token_id", "video_token_id", "audio_token_id")
-
 
 @dataclass
 class SpeculativeDecoding:
@@ -54,12 +52,7 @@ class SpeculativeDecoding:
             folder = self.config.head or getattr(model.config, "_name_or_path", "")
             self._head = DraftHead.load(state.adapter, folder).to(next(model.parameters()).device,
                                                                   next(model.parameters()).dtype).eval()
-        self._media_token_ids = set()
-        for name in _MEDIA_TOKENS:
-            try:
-                self._media_token_ids.add(state.adapter._token_id(name))
-            except ValueError:  # a family without this modality
-                continue
+        self._media_token_ids = state.adapter.media_token_ids()
         self._saved_lookup = model.generation_config.prompt_lookup_num_tokens
         model.generation_config.prompt_lookup_num_tokens = self.config.num_tokens
         original = type(model)._get_candidate_generator
