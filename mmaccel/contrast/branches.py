@@ -12,10 +12,8 @@ from typing import Any
 
 import torch
 
-#: Processor outputs that carry media (dropped by the no-image branch, noised by VCD when they are pixels).
+#: Processor outputs holding pixels (VCD noises them).
 PIXEL_KEYS = ("pixel_values", "pixel_values_videos")
-MEDIA_KEYS = PIXEL_KEYS + ("image_sizes", "image_grid_thw", "video_grid_thw", "input_features",
-                           "feature_attention_mask", "image_position_ids", "video_position_ids")
 
 
 def diffusion_noise(pixels: torch.Tensor, step: int, seed: int = 0) -> torch.Tensor:
