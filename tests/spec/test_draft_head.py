@@ -67,3 +67,19 @@ def test_missing_heads_and_unsupported_families_are_named(tiny, tmp_path: Path):
         DraftHead(get_adapter(qwen))
     with pytest.raises(ConfigError, match="spec.method='eagle' is not allowed"):
         accelerate(model, spec={"method": "eagle"})
+
+
+def test_the_bundled_video_models_head_is_lossless():
+    model, processor = load("shapes-video")
+    kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)
+    prompts = [_shapes_world_inputs("shapes-video", processor, 1, 700 + seed) for seed in range(3)]
+    with torch.no_grad():
+        expected = [model.generate(**inputs, **kwargs) for inputs in prompts]
+        accelerate(model, spec={"method": "draft_head"})
+        try:
+            got = [model.generate(**inputs, **kwargs) for inputs in prompts]
+            summary = get_state(model).components[0].acceptance()
+        finally:
+            restore(model)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert summary["mean_accepted_length"] > 2.0
