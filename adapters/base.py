@@ -110,6 +110,9 @@ class ModelAdapter:
     text_config_key: ClassVar[str] = "text_config"
     #: Which modalities this family accepts, for error messages and tests.
     modalities: ClassVar[tuple[str, ...]] = ("image",)
+    #: Whether the language model takes multimodal RoPE ids (``(4, B, L)``, built by the model itself from the
+    #: media grid) rather than 1-D positions.
+    multimodal_rope: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module):
         self.model = model

@@ -63,6 +63,7 @@ class Qwen2VLAdapter(ModelAdapter):
     model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl",)
     text_config_key: ClassVar[str] = "text_config"
     modalities: ClassVar[tuple[str, ...]] = ("image", "video")
+    multimodal_rope: ClassVar[bool] = True
 
     # -- structure ----------------------------------------------------------------------------------------------
     @property

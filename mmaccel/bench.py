@@ -100,10 +100,8 @@ def prefill_media(model: Any, inputs: Any) -> dict[str, Any]:
     shape = inputs["input_ids"].shape
     per_token = [k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[:2] == shape]
     prefix = {k: (v[:, :end] if k in per_token else v) for k, v in inputs.items()}  # ids, mask, token types
-    extra = {k: v for k, v in prefix.items() if k not in ("input_ids", "attention_mask")}
-    positions = adapter.position_ids(prefix["input_ids"], prefix.get("attention_mask"), **extra)
-    if positions.dim() == 2:  # 1-D RoPE: left padding shifts positions as generate's do (M-RoPE models do it inside)
-        prefix["position_ids"] = positions
+    if not adapter.multimodal_rope:  # 1-D RoPE: left padding shifts positions as generate's do (M-RoPE: inside)
+        prefix["position_ids"] = adapter.position_ids(prefix["input_ids"], prefix.get("attention_mask"))
     cache = DynamicCache(config=model.config.get_text_config())
     with torch.no_grad():
         model(**prefix, cache=cache, use_cache=True)

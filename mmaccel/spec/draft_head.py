@@ -35,7 +35,7 @@ class DraftHead(nn.Module):
 
     def __init__(self, adapter: Any):
         super().__init__()
-        if getattr(adapter, "uses_mrope", False) or adapter.model.config.model_type.startswith("qwen"):
+        if adapter.multimodal_rope:
             raise ValueError("the draft head supports 1-D RoPE families (LLaVA, VideoLLaMA3) for now; "
                              f"got {adapter.model.config.model_type!r}")
         config = copy.deepcopy(adapter.text_config)
