@@ -33,15 +33,17 @@ def test_an_untrained_head_still_gives_the_models_greedy_output(tiny, tmp_path: 
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
-def test_the_bundled_image_models_head_is_lossless_and_accepted_often():
-    model, processor = load("shapes-image")
-    kwargs = dict(max_new_tokens=24, min_new_tokens=24, do_sample=False)
-    prompts = [_shapes_world_inputs("shapes-image", processor, 1, 500 + seed) for seed in range(8)]
+@pytest.mark.parametrize("name,prompts,new_tokens,first_seed", [("shapes-image", 8, 24, 500),
+                                                                  ("shapes-video", 3, 16, 700)])
+def test_each_bundled_models_head_is_lossless_and_accepted_often(name, prompts, new_tokens, first_seed):
+    model, processor = load(name)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    inputs_list = [_shapes_world_inputs(name, processor, 1, first_seed + seed) for seed in range(prompts)]
     with torch.no_grad():
-        expected = [model.generate(**inputs, **kwargs) for inputs in prompts]
+        expected = [model.generate(**inputs, **kwargs) for inputs in inputs_list]
         accelerate(model, spec={"method": "draft_head"})
         try:
-            got = [model.generate(**inputs, **kwargs) for inputs in prompts]
+            got = [model.generate(**inputs, **kwargs) for inputs in inputs_list]
             summary = get_state(model).components[0].acceptance()
         finally:
             restore(model)
@@ -68,18 +70,3 @@ def test_missing_heads_and_unsupported_families_are_named(tiny, tmp_path: Path):
     with pytest.raises(ConfigError, match="spec.method='eagle' is not allowed"):
         accelerate(model, spec={"method": "eagle"})
 
-
-def test_the_bundled_video_models_head_is_lossless():
-    model, processor = load("shapes-video")
-    kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)
-    prompts = [_shapes_world_inputs("shapes-video", processor, 1, 700 + seed) for seed in range(3)]
-    with torch.no_grad():
-        expected = [model.generate(**inputs, **kwargs) for inputs in prompts]
-        accelerate(model, spec={"method": "draft_head"})
-        try:
-            got = [model.generate(**inputs, **kwargs) for inputs in prompts]
-            summary = get_state(model).components[0].acceptance()
-        finally:
-            restore(model)
-    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
-    assert summary["mean_accepted_length"] > 2.0
