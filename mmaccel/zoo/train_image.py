@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import LlavaForConditionalGeneration
 
 from .reference import build_shapes_image
 from .score import answer_image_questions
@@ -244,11 +245,14 @@ def quick_pope_accuracy(model: Any, processor: Any, seed: int, num_images: int =
 
 
 def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, seed: int, eval_every: int,
-          save_every: int = 0, aux_weight: float = 1.0, vision_steps: int = 0, vision_batch_size: int = 32) -> dict:
+          save_every: int = 0, aux_weight: float = 1.0, vision_steps: int = 0, vision_batch_size: int = 32,
+          init: Path | None = None) -> dict:
     """Train (vision stage, then the whole model) and save to ``out``; returns the run's summary (also written to
-    ``out/training.json``)."""
+    ``out/training.json``). With ``init`` (a shapes-image folder) training continues from its weights."""
     torch.manual_seed(seed)
     model, processor = build_shapes_image(seed)
+    if init is not None:
+        load_weights(model, init)
     vision_history, vision_minutes, vision_head = [], 0.0, None
     if vision_steps:
         vision_history, vision_minutes, vision_head = pretrain_vision(model, processor, out, vision_steps,
@@ -276,13 +280,20 @@ def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, see
         eval_every=eval_every, save_every=save_every)
     probe.hook.remove()
     final = quick_pope_accuracy(model, processor, seed=999_999, num_images=100)
-    summary = {"steps": steps, "batch_size": batch_size, "turns": num_turns, "lr": lr, "seed": seed,
+    summary = {"init": None if init is None else str(init), "steps": steps, "batch_size": batch_size,
+               "turns": num_turns, "lr": lr, "seed": seed,
                "aux_weight": aux_weight, "vision_steps": vision_steps, "vision_batch_size": vision_batch_size,
                "vision_minutes": round(vision_minutes, 1), "wall_minutes": round(vision_minutes + minutes, 1),
                "quick_pope_acc_heldout": final, "parameters": sum(p.numel() for p in model.parameters()),
                "vision_history": vision_history, "history": history}
     save_model(model, processor, out, summary)
     return summary
+
+
+def load_weights(model: Any, folder: Path) -> None:
+    """Load a saved shapes-image's weights into ``model`` (same architecture), to continue training it."""
+    trained = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True)
+    model.load_state_dict(trained.state_dict())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,12 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=250, help="steps between quick held-out checks (0: none)")
     parser.add_argument("--save-every", type=int, default=100, help="steps between checkpoints in OUT/checkpoint")
     parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the auxiliary losses")
+    parser.add_argument("--init", default=None, help="continue from this shapes-image folder (default: from scratch)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     summary = train(Path(args.out), args.steps, args.batch_size, args.turns, args.lr, args.seed, args.eval_every,
-                    args.save_every, args.aux_weight, args.vision_steps, args.vision_batch_size)
+                    args.save_every, args.aux_weight, args.vision_steps, args.vision_batch_size,
+                    Path(args.init) if args.init else None)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 

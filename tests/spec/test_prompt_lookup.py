@@ -103,8 +103,9 @@ def test_composes_with_the_mixed_precision_cache_and_refuses_batches(tiny):
 
 def test_sampling_keeps_the_models_distribution():
     """Under sampling the model's own token is sampled at every drafted position and compared with the draft, so the
-    output distribution is the model's: token frequencies of 100 sampled answers each way stay close (total
-    variation under 0.25 at every position; two independent draws of the plain model give 0.08 to 0.16)."""
+    output distribution is the model's: token frequencies of 200 sampled answers each way stay close (total
+    variation under 0.25 at every position; two independent draws of 100 answers of the plain model give up to
+    0.18)."""
     import collections
 
     model, processor = load("shapes-image")
@@ -114,7 +115,7 @@ def test_sampling_keeps_the_models_distribution():
 
     def draw(seed):
         torch.manual_seed(seed)
-        return [model.generate(**inputs, **kwargs)[0, start:].tolist() for _ in range(100)]
+        return [model.generate(**inputs, **kwargs)[0, start:].tolist() for _ in range(200)]
 
     with torch.no_grad():
         plain = draw(0)
@@ -128,4 +129,4 @@ def test_sampling_keeps_the_models_distribution():
     for position in range(8):
         a = collections.Counter(x[position] for x in plain)
         b = collections.Counter(x[position] for x in speculative)
-        assert 0.5 * sum(abs(a[k] - b[k]) / 100 for k in set(a) | set(b)) < 0.25, position
+        assert 0.5 * sum(abs(a[k] - b[k]) / 200 for k in set(a) | set(b)) < 0.25, position

@@ -60,3 +60,15 @@ def test_vision_stage_targets_are_the_scenes_and_its_loss_falls(tmp_path):
     assert head.out_features == 2 * (1 + len(SHAPES))
     accuracy = VisionProbe(model).accuracy(vision_batch(processor, rng, 2, patch=8))
     assert set(accuracy) == {"object_patch_acc", "presence_acc"}
+
+
+def test_init_continues_from_a_saved_model(tmp_path):
+    from mmaccel.zoo.train_image import load_weights
+
+    trained, _ = build_shapes_image(seed=1)
+    trained.save_pretrained(tmp_path)
+    model, _ = build_shapes_image(seed=2)
+    load_weights(model, tmp_path)
+    assert torch.equal(model.model.vision_tower.embeddings.patch_embedding.weight,
+                       trained.model.vision_tower.embeddings.patch_embedding.weight)
+    assert torch.equal(model.lm_head.weight, trained.lm_head.weight)
