@@ -22,6 +22,7 @@ import torch
 from .config import AccelConfig
 from .memory import tensor_bytes, track_peak_memory
 from .patch import accelerate, get_state, restore
+from .spec.stats import mean_accepted_length
 
 SIDES = ("baseline", "accelerated")
 
@@ -231,8 +232,7 @@ def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_token
             _set_side(model, side, config)
             speculative = _speculative_component(model)
             runs = [run_once(model, inputs, max_new_tokens, measure_memory=False) for _ in range(repeats)]
-            acceptance = speculative.stats.summary() | {"accepted": speculative.stats.accepted} \
-                if speculative is not None else None
+            acceptance = speculative.acceptance() if speculative is not None else None
             if device.type == "cuda":
                 peak = max(r.peak_memory_bytes for r in [run_once(model, inputs, max_new_tokens, True)])
             else:
@@ -284,8 +284,8 @@ def summarize(per_sample: list[dict[str, Any]]) -> dict[str, Any]:
     summary["tokens_match"] = sum(s["tokens_match"] for s in per_sample) / len(per_sample)
     speculation = [s["accelerated"].get("speculation") for s in per_sample]
     if all(speculation):
-        steps = sum(x["steps"] for x in speculation)
-        summary["mean_accepted_length"] = (sum(x["accepted"] for x in speculation) + steps) / steps if steps else None
+        summary["mean_accepted_length"] = mean_accepted_length(sum(x["accepted"] for x in speculation),
+                                                               sum(x["steps"] for x in speculation))
     return summary
 
 

@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def mean_accepted_length(accepted: int, steps: int) -> float | None:
+    """Tokens per target forward over ``steps`` verification steps that accepted ``accepted`` draft tokens in all:
+    each step adds its accepted drafts plus the target's own token."""
+    return (accepted + steps) / steps if steps else None
+
+
 @dataclass
 class AcceptanceStats:
     """Counts over the verification steps since the last :meth:`reset`."""
@@ -33,11 +39,12 @@ class AcceptanceStats:
         self.drafted_at, self.accepted_at = [], []
 
     def summary(self) -> dict[str, Any]:
-        """Mean accepted length (tokens per target forward: accepted drafts plus the target's own token), the
-        acceptance rate overall and per draft position."""
+        """Steps and accepted drafts, the mean accepted length (:func:`mean_accepted_length`), the acceptance rate
+        overall and per draft position."""
         return {
             "steps": self.steps,
-            "mean_accepted_length": (self.accepted + self.steps) / self.steps if self.steps else None,
+            "accepted": self.accepted,
+            "mean_accepted_length": mean_accepted_length(self.accepted, self.steps),
             "acceptance_rate": self.accepted / self.drafted if self.drafted else None,
             "acceptance_by_position": [
                 (self.accepted_at[i] if i < len(self.accepted_at) else 0) / drafted
