@@ -31,6 +31,10 @@ SPARSE_ATTR = "_mmaccel_sparse_prefill"
 #: with the layer's queries, keys and values first; it scores the cache window and returns the attention over the
 #: packed cache and the window, or ``None`` while nothing is packed.
 KV_ATTR = "_mmaccel_kv_observer"
+#: Attribute set on attention modules whose queries and keys someone reads (e.g. AvisC's blind-token search,
+#: :mod:`mmaccel.contrast.blind`): called with ``(query, key, attention_mask, scaling)`` before the attention is
+#: computed, which it does not change.
+OBSERVER_ATTR = "_mmaccel_attention_observer"
 
 
 def mmaccel_attention_forward(
@@ -54,6 +58,9 @@ def mmaccel_attention_forward(
     one, else through transformers' SDPA, as the unpatched model would.
     """
     backend = getattr(module, BACKEND_ATTR, None)
+    observer = getattr(module, OBSERVER_ATTR, None)
+    if observer is not None:
+        observer(query, key, attention_mask, scaling)
     cache_attention = getattr(module, KV_ATTR, None)
     if cache_attention is not None and not module.training:
         out = cache_attention(query, key, value, attention_mask, scaling, backend or "auto")

@@ -204,18 +204,24 @@ class SpecConfig(_SubConfig):
 class ContrastConfig(_SubConfig):
     """Contrastive decoding against hallucination through ``generate``: ``(1 + alpha) l_o - alpha l_c`` with the
     adaptive plausibility constraint (keep tokens with ``p >= beta * max p``), greedy or sampled. ``method``:
-    ``"vcd"`` (the image noised to diffusion step ``noise_step``, VCD's defaults) or ``"no_image"`` (the prompt
-    without its media; batch 1). Steps whose distribution has entropy under ``entropy_threshold`` nats skip the
-    contrast branch (0: never skip)."""
+    ``"vcd"`` (the image noised to diffusion step ``noise_step``, VCD's defaults), ``"avisc"`` (only the blind
+    visual tokens — those the prompt's last token attends to far more than to the rest, in the layers that attend
+    most to the media — keep their embeddings; ``blind_layers`` is AvisC's share of media attention that picks the
+    layers, ``blind_lambda`` its threshold in standard deviations) or ``"no_image"`` (the prompt without its media;
+    batch 1). Steps whose distribution has entropy under ``entropy_threshold`` nats skip the contrast branch
+    (0: never skip)."""
 
     method: str = "none"
     alpha: float = 1.0
     beta: float = 0.1
     noise_step: int = 500
+    blind_layers: float = 0.5
+    blind_lambda: float = 1.0
     entropy_threshold: float = 0.0
     seed: int = 0
-    CHOICES: ClassVar = {"method": ("none", "vcd", "no_image")}
+    CHOICES: ClassVar = {"method": ("none", "vcd", "avisc", "no_image")}
     RANGES: ClassVar = {"alpha": (0.0, 100.0), "beta": (1e-6, 1.0), "noise_step": (0, 999),
+                        "blind_layers": (1e-6, 1.0), "blind_lambda": (-10.0, 10.0),
                         "entropy_threshold": (0.0, 100.0)}
     SECTION: ClassVar = "contrast"
 

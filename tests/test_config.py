@@ -64,9 +64,9 @@ def test_components_not_yet_available_are_refused_with_what_is_allowed():
     with pytest.raises(ConfigError, match=r"spec\.method='small_vlm' is not allowed; allowed: 'none', "
                                           r"'prompt_lookup', 'draft_head'"):
         AccelConfig.resolve(spec="small_vlm")
-    with pytest.raises(ConfigError, match=r"contrast\.method='avisc' is not allowed; allowed: 'none', 'vcd', "
-                                          r"'no_image'"):
-        AccelConfig.resolve(contrast="avisc")
+    with pytest.raises(ConfigError, match=r"contrast\.method='code' is not allowed; allowed: 'none', 'vcd', "
+                                          r"'avisc', 'no_image'"):
+        AccelConfig.resolve(contrast="code")
     with pytest.raises(ConfigError, match=r"spec\.min_ngram=3 must not exceed spec\.max_ngram=2"):
         AccelConfig.resolve(spec={"method": "prompt_lookup", "min_ngram": 3, "max_ngram": 2})
 

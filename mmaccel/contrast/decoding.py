@@ -13,7 +13,10 @@ prefill of the contrast input plus one short forward per uncertain step.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,19 +26,24 @@ from transformers import DynamicCache, LogitsProcessor
 
 @dataclass
 class ContrastStats:
-    """Steps seen, steps that ran the contrast branch, and tokens the branch read."""
+    """Steps seen, steps that ran the contrast branch, tokens the branch read, and (AvisC) blind tokens found."""
 
     steps: int = 0
     contrasted: int = 0
     branch_tokens: int = 0
+    blind_tokens: int = 0
 
 
 class ContrastiveLogitsProcessor(LogitsProcessor):
-    """Contrastive decoding for one ``generate`` call (see the module docstring)."""
+    """Contrastive decoding for one ``generate`` call (see the module docstring). ``branch_prefill``, if given, is
+    entered around the branch's prefill (AvisC uses it to zero the embeddings of all visual tokens but the blind
+    ones)."""
 
     def __init__(self, model: Any, branch_inputs: dict[str, Any], prompt_length: int, alpha: float, beta: float,
-                 entropy_threshold: float, stats: ContrastStats):
+                 entropy_threshold: float, stats: ContrastStats,
+                 branch_prefill: Callable[[], AbstractContextManager] | None = None):
         self.model, self.branch_inputs, self.prompt_length = model, branch_inputs, prompt_length
+        self.branch_prefill = branch_prefill
         self.alpha, self.log_beta, self.entropy_threshold = alpha, math.log(beta), entropy_threshold
         self.stats = stats
         self.cache: DynamicCache | None = None
@@ -63,7 +71,10 @@ class ContrastiveLogitsProcessor(LogitsProcessor):
     def _branch_logits(self, generated: torch.Tensor) -> torch.Tensor:
         """The contrast branch's next-token logits after the tokens generated so far (fed lazily)."""
         new = generated[:, self.fed:]
+        context: AbstractContextManager = contextlib.nullcontext()
         if self.cache is None:
+            if self.branch_prefill is not None:
+                context = self.branch_prefill()
             self.cache = DynamicCache(config=self.model.config.get_text_config())
             inputs = dict(self.branch_inputs)
             inputs["input_ids"] = torch.cat([inputs["input_ids"], new], dim=1)
@@ -84,7 +95,8 @@ class ContrastiveLogitsProcessor(LogitsProcessor):
         for module, delta in zip(holders, self.rope_deltas or main, strict=True):
             module.rope_deltas = delta if self.rope_deltas is not None else None
         try:
-            out = self.model(**inputs, cache=self.cache, use_cache=True, logits_to_keep=1)
+            with context:
+                out = self.model(**inputs, cache=self.cache, use_cache=True, logits_to_keep=1)
             self.rope_deltas = [m.rope_deltas for m in holders]
         finally:
             for module, delta in zip(holders, main, strict=True):

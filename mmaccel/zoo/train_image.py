@@ -27,7 +27,8 @@ training adds auxiliary losses, all through heads that are discarded afterwards:
   about and which shapes the image holds, the two facts an existence answer combines.
 
 The saved model is a plain ``LlavaForConditionalGeneration``. The run is deterministic for a given seed and step
-count.
+count. ``--recipe bundled`` runs the bundled weights' whole recipe in one command: a run from scratch, then a
+continuation of it (:data:`BUNDLED_ROUNDS`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import argparse
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +292,32 @@ def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, see
     return summary
 
 
+#: The bundled weights' recipe: round 1 from scratch (the defaults), round 2 continuing it with more vision-stage
+#: steps at half the learning rate (the tower was still learning) and a shorter whole-model stage.
+BUNDLED_ROUNDS = ({"vision_steps": 2500, "steps": 1400, "lr": 1e-3, "seed": 0},
+                  {"vision_steps": 1500, "steps": 600, "lr": 5e-4, "seed": 7})
+
+
+def train_rounds(out: Path, rounds: tuple[dict, ...], eval_every: int, save_every: int = 0, **common: Any) -> dict:
+    """Train ``rounds`` in turn, each continuing the previous one (the first from scratch), saving each to
+    ``out/round-N`` and the last to ``out``; the rounds' folders are removed at the end and the summary of each
+    (without its step log) is kept in ``out/training.json`` under ``"rounds"``."""
+    init, summaries = None, []
+    for index, round_args in enumerate(rounds):
+        last = index == len(rounds) - 1
+        folder = out if last else out / f"round-{index + 1}"
+        summary = train(folder, eval_every=eval_every, save_every=save_every, init=init,
+                        **{"batch_size": 16, "num_turns": 8, **common, **round_args})
+        summaries.append({k: v for k, v in summary.items() if not k.endswith("history")})
+        init = folder
+    summary["rounds"] = summaries
+    summary["wall_minutes_all_rounds"] = round(sum(s["wall_minutes"] for s in summaries), 1)
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for index in range(len(rounds) - 1):
+        shutil.rmtree(out / f"round-{index + 1}")
+    return summary
+
+
 def load_weights(model: Any, folder: Path) -> None:
     """Load a saved shapes-image's weights into ``model`` (same architecture), to continue training it."""
     trained = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True)
@@ -312,9 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the auxiliary losses")
     parser.add_argument("--init", default=None, help="continue from this shapes-image folder (default: from scratch)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--recipe", choices=["bundled"], default=None,
+                        help="run the bundled weights' whole recipe (two rounds, see BUNDLED_ROUNDS); the step, "
+                             "learning-rate, seed and --init options are then ignored")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.recipe == "bundled":
+        summary = train_rounds(Path(args.out), BUNDLED_ROUNDS, args.eval_every, args.save_every,
+                               batch_size=args.batch_size, num_turns=args.turns, aux_weight=args.aux_weight,
+                               vision_batch_size=args.vision_batch_size)
+        print(json.dumps({k: v for k, v in summary.items() if "history" not in k}))
+        return 0
     summary = train(Path(args.out), args.steps, args.batch_size, args.turns, args.lr, args.seed, args.eval_every,
                     args.save_every, args.aux_weight, args.vision_steps, args.vision_batch_size,
                     Path(args.init) if args.init else None)

@@ -5,8 +5,10 @@ LLaVA-NeXT-Video's, which adds 2x2 pooling of each frame); the vision tower stay
 Every step draws fresh 8-frame videos from a seeded stream (the held-out sets use other seeds) and trains on
 conversations of temporal questions, half in lmms-eval's Video-MME prompt (four options, answer a letter), half
 open-ended (answer a word), so the model learns the timeline and the option format separately. The loss is on
-answers only, plus a deep-supervision loss (:class:`TimelineProbe`, dropped from the saved model) that asks the
-answer positions for the whole timeline. The run is deterministic for a given seed and step count.
+answers only, plus two helpers: a deep-supervision loss (:class:`TokenProbe`, dropped from the saved model) that asks
+every visual token what its object does over the video, and text-only letter questions (:func:`letter_batch`),
+alone for a short warm-up and then beside every video step. The run is deterministic for a given seed and step
+count.
 """
 
 from __future__ import annotations
@@ -19,11 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..eval.videomme import videomme_prompt
 from .reference import VIDEO_FRAMES, WEIGHTS_DIR, build_shapes_video
 from .score import answer_video_question
-from .training import answer_positions, encode_conversation, pad_right, save_model, train_loop
-from .world import COLOURS, SHAPES, VideoScene, render_video, sample_video
-from .world.video_tasks import VIDEO_QUESTION_KINDS, VideoQuestion, video_qa_turns, video_questions
+from .training import encode_conversation, pad_right, save_model, train_loop
+from .world import SHAPES, VideoScene, render_video, sample_video
+from .world.scenes import patch_labels
+from .world.video_tasks import (
+    VIDEO_QUESTION_KINDS,
+    VideoQuestion,
+    option_text,
+    video_qa_turns,
+    video_question,
+    video_questions,
+)
 
 
 def sample_questions(rng: np.random.Generator, num_turns: int) -> tuple[VideoScene, list[VideoQuestion]]:
@@ -35,54 +46,86 @@ def sample_questions(rng: np.random.Generator, num_turns: int) -> tuple[VideoSce
 
 
 def make_batch(processor: Any, rng: np.random.Generator, batch_size: int, num_turns: int) -> dict[str, torch.Tensor]:
-    """A right-padded batch of fresh videos with their conversations, and the deep-supervision targets:
-    ``timelines`` per video and ``answers`` rows of (row, position predicting an answer)."""
+    """A right-padded batch of fresh videos with their conversations, and each visual token's deep-supervision
+    targets (:func:`token_targets`): ``token_shapes`` and ``token_flags``, ``(batch, frames * tokens per frame)``."""
     tokenizer = processor.tokenizer
     size = processor.video_processor.crop_size["height"]
-    tokens_per_frame = (size // processor.patch_size) ** 2 // 4
-    videos, sequences, timelines, answers = [], [], [], []
-    for row in range(batch_size):
+    cell = 2 * processor.patch_size  # LLaVA-NeXT-Video pools 2x2 patches into one visual token
+    videos, sequences, shapes, flags = [], [], [], []
+    for _ in range(batch_size):
         video, questions = sample_questions(rng, num_turns)
         videos.append(render_video(video, size=size, seed=int(rng.integers(2**31))))
         turns = video_qa_turns(questions, rng)
-        sequences.append(encode_conversation(tokenizer, turns, tokens_per_frame * len(videos[-1]),
+        sequences.append(encode_conversation(tokenizer, turns, (size // cell) ** 2 * len(videos[-1]),
                                              media_token_id=tokenizer.video_token_id))
-        timelines.append(timeline_targets(video))
-        answers += [(row, position) for position in answer_positions(sequences[-1][1])]
+        token_shapes, token_flags = token_targets(video, size, cell)
+        shapes.append(token_shapes)
+        flags.append(token_flags)
     pixels = processor.video_processor(videos, return_tensors="pt")["pixel_values_videos"]
     return {**pad_right(sequences, tokenizer.pad_token_id), "pixel_values_videos": pixels,
-            "timelines": torch.from_numpy(np.stack(timelines)), "answers": torch.tensor(answers)}
+            "token_shapes": torch.from_numpy(np.stack(shapes)), "token_flags": torch.from_numpy(np.stack(flags))}
 
 
-def timeline_targets(video: VideoScene) -> np.ndarray:
-    """The timeline as one binary vector: for each frame, which shapes and which colours are visible, then which
-    shapes move."""
-    shapes = np.zeros((video.num_frames, len(SHAPES)), np.float32)
-    colours = np.zeros((video.num_frames, len(COLOURS)), np.float32)
+#: What :func:`token_targets` tells about the object under a visual token: one flag per temporal question kind.
+TRACK_FLAGS = ("first to appear", "last to appear", "moves", "leaves", "changes colour")
+
+
+def token_targets(video: VideoScene, size: int, cell: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per visual token (frame by frame, row-major ``cell`` x ``cell`` cells): the shape of the object it shows
+    (index into ``SHAPES``, ``-100`` for background) and that object's :data:`TRACK_FLAGS` over the whole video
+    (``-1`` for background) — what a token must gather from the other frames for every temporal question."""
+    grid = size // cell
+    shapes = np.full((video.num_frames, grid * grid), -100, np.int64)
+    flags = np.full((video.num_frames, grid * grid, len(TRACK_FLAGS)), -1.0, np.float32)
+    appear = [t.appear for t in video.tracks]
     for frame in range(video.num_frames):
-        for obj in video.frame(frame).objects:
-            shapes[frame, SHAPES.index(obj.shape)] = 1
-            colours[frame, list(COLOURS).index(obj.colour)] = 1
-    moving = np.array([any(t.moves for t in video.tracks if t.shape == s) for s in SHAPES], np.float32)
-    return np.concatenate([shapes.ravel(), colours.ravel(), moving])
+        present = [t for t in video.tracks if t.at(frame) is not None]
+        for token, label in enumerate(patch_labels(video.frame(frame), size, cell).ravel()):
+            if label:
+                track = present[label - 1]
+                shapes[frame, token] = SHAPES.index(track.shape)
+                flags[frame, token] = [track.appear == min(appear), track.appear == max(appear), track.moves,
+                                       track.leave < video.num_frames, track.change_at is not None]
+    return shapes.ravel(), flags.reshape(-1, len(TRACK_FLAGS))
 
 
-class TimelineProbe(torch.nn.Module):
+class TokenProbe(torch.nn.Module):
     """Deep supervision, discarded after training: from the language model's hidden state after layer ``layer`` at
-    each answer-predicting position, predict the whole timeline (:func:`timeline_targets`), so that what every
-    temporal question combines reaches the answer position early in training (see ``train_image.AnswerProbe``)."""
+    every visual token, predict :func:`token_targets` — the shape the token shows and what that object does over
+    the video. It makes the first layers gather, at each object's tokens, what its other frames hold, so the later
+    layers need only find the token that answers; without it the temporal answers stay at chance."""
 
-    def __init__(self, model: Any, size: int, layer: int = 2) -> None:
+    def __init__(self, model: Any, layer: int = 2) -> None:
         super().__init__()
         self.layer = layer
-        self.head = torch.nn.Linear(model.config.text_config.hidden_size, size)
+        self.head = torch.nn.Linear(model.config.text_config.hidden_size, len(SHAPES) + len(TRACK_FLAGS))
 
-    def loss(self, hidden_states: tuple[torch.Tensor, ...], answers: torch.Tensor,
-             timelines: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy of the timeline at every answer position."""
-        rows, positions = answers.unbind(-1)
-        logits = self.head(hidden_states[self.layer][rows, positions].float())
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits, timelines[rows])
+    def loss(self, hidden_states: tuple[torch.Tensor, ...], visual: torch.Tensor, shapes: torch.Tensor,
+             flags: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the shape plus binary cross-entropy of the flags, over object tokens; ``visual`` marks
+        the visual tokens of the batch (as many per row as ``shapes`` has columns)."""
+        logits = self.head(hidden_states[self.layer][visual].float())
+        shapes, flags = shapes.reshape(-1), flags.reshape(-1, len(TRACK_FLAGS))
+        shape_loss = torch.nn.functional.cross_entropy(logits[:, :len(SHAPES)], shapes, ignore_index=-100)
+        objects = shapes != -100
+        flag_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[objects, len(SHAPES):], flags[objects])
+        return shape_loss + flag_loss
+
+
+def letter_batch(tokenizer: Any, rng: np.random.Generator, batch_size: int) -> dict[str, torch.Tensor]:
+    """Text-only four-option questions in the Video-MME prompt whose question states its answer ("Which shape moves
+    during the video? It is star."), answered with the letter. They teach the step every multiple-choice answer
+    ends with — find the option that holds what the model knows and say its letter — which video answers alone
+    teach too slowly: the letter loss sits at chance for hundreds of steps while the open-ended answers are
+    learned."""
+    sequences = []
+    while len(sequences) < batch_size:
+        question = video_question(sample_video(rng, num_frames=VIDEO_FRAMES), str(rng.choice(VIDEO_QUESTION_KINDS)),
+                                  rng)
+        if question is not None:
+            prompt = videomme_prompt(f"{question.question} It is {option_text(question)}.", question.options)
+            sequences.append(encode_conversation(tokenizer, [(prompt, question.answer)], 0))
+    return pad_right(sequences, tokenizer.pad_token_id)
 
 
 def quick_videomme_accuracy(model: Any, processor: Any, seed: int, num_videos: int = 30) -> float:
@@ -111,32 +154,49 @@ def initialise_from_image_model(model: Any, folder: Path) -> None:
 
 
 def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr: float, seed: int,
-          eval_every: int, save_every: int = 0, train_vision: bool = False) -> dict:
-    """Train and save to ``out``; returns the run's summary (also written to ``out/training.json``)."""
+          eval_every: int, save_every: int = 0, train_vision: bool = False, letter_warmup: int = 300,
+          letter_batch_size: int = 16) -> dict:
+    """Train and save to ``out``; returns the run's summary (also written to ``out/training.json``).
+
+    First ``letter_warmup`` steps on :func:`letter_batch` alone (64 questions a step, a few minutes), then
+    ``steps`` steps on videos, each also with ``letter_batch_size`` text-only letter questions."""
     torch.manual_seed(seed)
     model, processor = build_shapes_video(seed)
     initialise_from_image_model(model, init)
     model.model.vision_tower.requires_grad_(train_vision)
+    tokenizer = processor.tokenizer
     rng = np.random.default_rng(seed)
+    probe = TokenProbe(model)
+    parameters = [p for p in model.parameters() if p.requires_grad]
 
-    probe = TimelineProbe(model, len(timeline_targets(sample_video(np.random.default_rng(0), VIDEO_FRAMES))))
+    warmup_history, warmup_minutes = [], 0.0
+    if letter_warmup:
+        warmup_history, warmup_minutes = train_loop(
+            model, parameters, lambda: letter_batch(tokenizer, rng, 64),
+            lambda batch: {"letter_loss": model(**batch).loss}, steps=letter_warmup, lr=lr, out=out)
 
     def losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        answers, timelines = batch.pop("answers"), batch.pop("timelines")
+        shapes, flags = batch.pop("token_shapes"), batch.pop("token_flags")
         output = model(**batch, output_hidden_states=True)
-        return {"loss": output.loss, "timeline_loss": probe.loss(output.hidden_states, answers, timelines)}
+        parts = {"loss": output.loss, "token_loss": probe.loss(output.hidden_states,
+                                                               batch["input_ids"] == tokenizer.video_token_id,
+                                                               shapes, flags)}
+        if letter_batch_size:
+            parts["letter_loss"] = model(**letter_batch(tokenizer, rng, letter_batch_size)).loss
+        return parts
 
     history, minutes = train_loop(
-        model, [p for p in model.parameters() if p.requires_grad] + list(probe.parameters()),
-        lambda: make_batch(processor, rng, batch_size, num_turns), losses, steps=steps, lr=lr, out=out,
+        model, parameters + list(probe.parameters()), lambda: make_batch(processor, rng, batch_size, num_turns),
+        losses, steps=steps, lr=lr, out=out,
         evaluate=lambda step: {"quick_videomme_acc": quick_videomme_accuracy(model, processor, seed=20_000 + step)},
         eval_every=eval_every, save_every=save_every)
     model.requires_grad_(True)
     final = quick_videomme_accuracy(model, processor, seed=888_888, num_videos=100)
     summary = {"init": str(init), "steps": steps, "batch_size": batch_size, "turns": num_turns, "lr": lr,
-               "seed": seed, "train_vision": train_vision, "wall_minutes": round(minutes, 1),
+               "seed": seed, "train_vision": train_vision, "letter_warmup": letter_warmup,
+               "letter_batch_size": letter_batch_size, "wall_minutes": round(warmup_minutes + minutes, 1),
                "quick_videomme_acc_heldout": final, "parameters": sum(p.numel() for p in model.parameters()),
-               "history": history}
+               "letter_warmup_history": warmup_history, "history": history}
     save_model(model, processor, out, summary)
     return summary
 
@@ -146,20 +206,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where to save the model (save_pretrained layout)")
     parser.add_argument("--init", default=str(WEIGHTS_DIR / "shapes-image"), help="a trained shapes-image folder")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3, help="questions per conversation")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-every", type=int, default=250, help="steps between quick held-out checks (0: none)")
+    parser.add_argument("--eval-every", type=int, default=300, help="steps between quick held-out checks (0: none)")
     parser.add_argument("--save-every", type=int, default=100, help="steps between checkpoints in OUT/checkpoint")
     parser.add_argument("--train-vision", action="store_true", help="also train the vision tower")
+    parser.add_argument("--letter-warmup", type=int, default=300,
+                        help="text-only steps on letter questions before the videos (0: none)")
+    parser.add_argument("--letter-batch-size", type=int, default=16,
+                        help="text-only letter questions added to every video step (0: none)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     summary = train(Path(args.out), Path(args.init), args.steps, args.batch_size, args.turns, args.lr, args.seed,
-                    args.eval_every, args.save_every, args.train_vision)
+                    args.eval_every, args.save_every, args.train_vision, args.letter_warmup, args.letter_batch_size)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 

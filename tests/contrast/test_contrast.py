@@ -66,7 +66,7 @@ def test_branches():
 
 
 @pytest.mark.parametrize("family", tiny_families())
-@pytest.mark.parametrize("method", ["vcd", "no_image"])
+@pytest.mark.parametrize("method", ["vcd", "avisc", "no_image"])
 def test_every_family_runs_and_alpha_zero_is_plain_decoding(tiny, family, method):
     model, processor = tiny(family)
     inputs = sample_inputs(family, processor, batch_size=1, seed=2)
@@ -84,6 +84,8 @@ def test_every_family_runs_and_alpha_zero_is_plain_decoding(tiny, family, method
         again = model.generate(**inputs, **kwargs)  # the branch left no trace (M-RoPE offsets included)
     assert contrasted.shape == plain.shape and cost["contrasted"] == 6 and cost["branch_tokens"] > 5
     assert torch.equal(again, plain) and "generate" not in model.__dict__
+    assert (cost["blind_tokens"] > 0) == (method == "avisc")
+    assert model.config.get_text_config()._attn_implementation != "mmaccel" or method != "avisc"
 
 
 def test_combinations_not_supported_yet_are_refused(tiny):

@@ -72,3 +72,29 @@ def test_init_continues_from_a_saved_model(tmp_path):
     assert torch.equal(model.model.vision_tower.embeddings.patch_embedding.weight,
                        trained.model.vision_tower.embeddings.patch_embedding.weight)
     assert torch.equal(model.lm_head.weight, trained.lm_head.weight)
+
+
+def test_rounds_continue_each_other_and_leave_one_model(tmp_path, monkeypatch):
+    import json
+
+    from mmaccel.zoo import train_image
+
+    calls = []
+
+    def fake_train(out, init=None, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.safetensors").write_text(str(len(calls)))
+        calls.append((out, init, kwargs))
+        return {"wall_minutes": 1.5, "steps": kwargs["steps"], "history": [{"step": 0}]}
+
+    monkeypatch.setattr(train_image, "train", fake_train)
+    rounds = ({"vision_steps": 3, "steps": 2, "lr": 1e-3, "seed": 0}, {"vision_steps": 1, "steps": 1, "lr": 5e-4,
+                                                                      "seed": 7})
+    summary = train_image.train_rounds(tmp_path / "model", rounds, eval_every=0, batch_size=4)
+    (first, first_init, first_args), (second, second_init, second_args) = calls
+    assert first_init is None and second_init == first and second == tmp_path / "model"
+    assert first_args["seed"] == 0 and second_args["seed"] == 7 and second_args["batch_size"] == 4
+    assert not first.exists() and (tmp_path / "model" / "model.safetensors").read_text() == "1"
+    saved = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert saved == summary and [r["steps"] for r in saved["rounds"]] == [2, 1]
+    assert saved["wall_minutes_all_rounds"] == 3.0 and "history" not in saved["rounds"][0]

@@ -4,7 +4,14 @@ import numpy as np
 import torch
 
 from mmaccel.zoo.reference import VIDEO_FRAMES, build_shapes_image, shapes_video_processor
-from mmaccel.zoo.train_video import initialise_from_image_model, make_batch, sample_questions
+from mmaccel.zoo.train_video import (
+    TRACK_FLAGS,
+    initialise_from_image_model,
+    letter_batch,
+    make_batch,
+    sample_questions,
+    token_targets,
+)
 from mmaccel.zoo.training import encode_conversation
 from mmaccel.zoo.world.video_tasks import option_text, video_qa_turns, videomme_prompt
 
@@ -39,6 +46,37 @@ def test_batch_shapes():
     batch = make_batch(processor, np.random.default_rng(0), batch_size=2, num_turns=2)
     assert batch["pixel_values_videos"].shape == (2, VIDEO_FRAMES, 3, 128, 128)
     assert ((batch["input_ids"] == processor.tokenizer.video_token_id).sum(-1) == VIDEO_FRAMES * 64).all()
+    assert batch["token_shapes"].shape == (2, VIDEO_FRAMES * 64)
+    assert batch["token_flags"].shape == (2, VIDEO_FRAMES * 64, len(TRACK_FLAGS))
+
+
+def test_token_targets_follow_the_tracks():
+    from mmaccel.zoo.world import SHAPES, sample_video
+
+    video = sample_video(np.random.default_rng(4), num_frames=VIDEO_FRAMES)
+    shapes, flags = token_targets(video, 128, 16)
+    shapes, flags = shapes.reshape(VIDEO_FRAMES, 64), flags.reshape(VIDEO_FRAMES, 64, len(TRACK_FLAGS))
+    for frame in range(VIDEO_FRAMES):
+        visible = {SHAPES.index(t.shape) for t in video.tracks if t.at(frame) is not None}
+        assert set(shapes[frame][shapes[frame] >= 0].tolist()) <= visible
+        assert ((shapes[frame] >= 0) == (flags[frame, :, 0] >= 0)).all()
+    # the first track is there from frame 0 and is the (or a) first to appear; background tokens carry no flags
+    first = SHAPES.index(video.tracks[0].shape)
+    assert (flags[0][shapes[0] == first][:, 0] == 1).all() and (shapes[0] == first).any()
+    movers = {SHAPES.index(t.shape) for t in video.tracks if t.moves}
+    for shape in set(shapes[shapes >= 0].tolist()):
+        if sum(SHAPES.index(t.shape) == shape for t in video.tracks) == 1:
+            assert (flags[shapes == shape][:, 2] == (shape in movers)).all()
+
+
+def test_letter_questions_answer_the_letter_of_the_stated_option():
+    tokenizer = shapes_video_processor().tokenizer
+    batch = letter_batch(tokenizer, np.random.default_rng(0), 4)
+    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        text = tokenizer.decode(ids[labels == -100], skip_special_tokens=True)
+        letter = tokenizer.decode(labels[labels != -100][:1]).strip()
+        stated = text.split(" It is ")[1].split(".")[0]
+        assert f"\n{letter}. {stated}.\n" in text
 
 
 def test_starts_from_the_image_model(tmp_path):
