@@ -32,14 +32,15 @@ def last_query_attention(query: torch.Tensor, key: torch.Tensor, attention_mask:
                          scaling: float | None) -> torch.Tensor:
     """``(B, Lk)``: the last query's attention probabilities over the keys, averaged over heads (GQA keys are
     shared by their query group)."""
-    groups = query.shape[1] // key.shape[1]
-    keys = key.repeat_interleave(groups, dim=1).float()
-    last = query[:, :, -1:].float()
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = (last @ keys.transpose(-1, -2)) * scale  # (B, H, 1, Lk)
-    allowed = allowed_keys(attention_mask, query, key)[:, :, -1:]
+    batch, q_heads, _, head_dim = query.shape
+    kv_heads = key.shape[1]
+    # queries grouped by the key head they share: no repeated copy of the keys
+    last = query[:, :, -1].float().view(batch, kv_heads, q_heads // kv_heads, head_dim)
+    scale = scaling if scaling is not None else head_dim ** -0.5
+    scores = (last @ key.float().transpose(-1, -2)) * scale  # (B, Hkv, groups, Lk)
+    allowed = allowed_keys(attention_mask, query, key)[:, :, -1:]  # (B, 1, 1, Lk)
     scores = scores.masked_fill(~allowed, float("-inf"))
-    return scores.softmax(-1).mean(dim=1)[:, 0]
+    return scores.softmax(-1).mean(dim=(1, 2))
 
 
 def blind_token_mask(layer_attention: list[torch.Tensor], visual: torch.Tensor, layer_share: float = 0.5,
@@ -53,7 +54,8 @@ def blind_token_mask(layer_attention: list[torch.Tensor], visual: torch.Tensor, 
     order = share.argsort(dim=-1, descending=True)
     cumulative = share.gather(1, order).cumsum(-1)
     keep = (cumulative < layer_share).sum(-1, keepdim=True) + 1  # (B, 1)
-    chosen = torch.zeros_like(share).scatter(1, order, (torch.arange(share.shape[1]) < keep).float())
+    ranks = torch.arange(share.shape[1], device=share.device)
+    chosen = torch.zeros_like(share).scatter(1, order, (ranks < keep).float())
     a = (attention * chosen[..., None]).sum(1) / chosen.sum(1, keepdim=True)  # (B, L)
     count = visual.sum(-1, keepdim=True).clamp_min(1)
     mean = (a * visual).sum(-1, keepdim=True) / count
