@@ -161,6 +161,13 @@ class ModelAdapter:
                 continue
         return mask
 
+    def audio_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean ``(batch, seq_len)``: the audio placeholder positions (none for a family without audio)."""
+        try:
+            return input_ids == self._token_id("audio_token_id")
+        except ValueError:
+            return torch.zeros_like(input_ids, dtype=torch.bool)
+
     def media_token_ids(self) -> set[int]:
         """The ids of the family's image, video and audio placeholder tokens (those it has)."""
         ids = set()

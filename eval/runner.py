@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..bench import prefill_media, timed_generate, visual_token_counts
@@ -45,13 +46,14 @@ class Configuration:
         """Whether videos are answered by a :func:`mmaccel.stream` session (the ``stream`` section is enabled)."""
         return self.config.stream.enabled
 
-    def apply(self, model: Any) -> None:
-        """Put ``model`` in this configuration (``none`` restores it); the ``stream`` section is for sessions."""
+    def apply(self, model: Any, processor: Any = None) -> None:
+        """Put ``model`` in this configuration (``none`` restores it); the ``stream`` section is for sessions.
+        ``processor`` is handed to :func:`~mmaccel.accelerate` (``contrast="code"`` needs it)."""
         generate_config = self.config.updated(stream={"method": "none"})
         if self.name == "none" or generate_config == AccelConfig():
             restore(model)
         else:
-            accelerate(model, generate_config)
+            accelerate(model, generate_config, processor=processor)
 
 
 @dataclass
@@ -103,14 +105,21 @@ class RunOptions:
     media_first: bool = False  # prefill the media, then read the question against the cache (bench.prefill_media)
 
 
-def build_inputs(processor: Any, kind: str, media: Any, text: str, device: torch.device) -> Any:
+def build_inputs(processor: Any, kind: str, media: Any, text: str, device: torch.device,
+                 audio: np.ndarray | None = None) -> Any:
     """The processed single-row inputs: the user turn ``[media, text]`` through the chat template; ``kind`` is
-    ``"image"`` (a PIL image) or ``"video"`` (a ``(frames, H, W, 3)`` array)."""
-    content = [{"type": kind}, {"type": "text", "text": text}]
+    ``"image"`` (a PIL image), ``"video"`` (a ``(frames, H, W, 3)`` array) or ``"audio"`` (a mono waveform at the
+    processor's sampling rate). ``audio``, for an audio-capable processor, adds a waveform to an image or video
+    turn: ``[media, audio, text]`` (e.g. a video's own sound track, :func:`~mmaccel.eval.audio.read_audio`)."""
+    content = [{"type": kind}] + ([{"type": "audio"}] if audio is not None else []) + [{"type": "text", "text": text}]
     prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                            tokenize=False)
-    media_key = "images" if kind == "image" else "videos"
-    return processor(text=[prompt], return_tensors="pt", **{media_key: [media]}).to(device)
+    media_inputs: dict[str, Any] = {{"image": "images", "video": "videos", "audio": "audio"}[kind]: [media]}
+    if audio is not None:
+        media_inputs["audio"] = [audio]
+    if "audio" in media_inputs:
+        media_inputs["sampling_rate"] = processor.feature_extractor.sampling_rate
+    return processor(text=[prompt], return_tensors="pt", **media_inputs).to(device)
 
 
 def answer(model: Any, processor: Any, inputs: Any, max_new_tokens: int, measure_memory: bool,
@@ -203,7 +212,7 @@ def evaluate(model: Any, processor: Any, task: Task, samples: list[Sample], conf
                                                        "error": reason}, shard.rank)
                 continue
             for configuration in pending:
-                configuration.apply(model)
+                configuration.apply(model, processor)
                 record = {**base, "config": configuration.name, "prompt": text}
                 question = (sample.kind, media, inputs, text)
                 try:

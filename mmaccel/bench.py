@@ -206,22 +206,23 @@ def run_once(model: Any, inputs: Any, max_new_tokens: int, measure_memory: bool)
                      peak_memory_bytes=peak, tokens=new.tolist())
 
 
-def _set_side(model: Any, side: str, config: AccelConfig) -> None:
+def _set_side(model: Any, side: str, config: AccelConfig, processor: Any = None) -> None:
     if side == "baseline":
         restore(model)
     else:
-        accelerate(model, config)
+        accelerate(model, config, processor=processor)
 
 
 def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_tokens: int = 32, repeats: int = 3,
-              warmup: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Benchmark baseline vs accelerated on ``samples``; returns per-sample results and a summary with ratios."""
+              warmup: int = 1, progress: bool = True, processor: Any = None) -> dict[str, Any]:
+    """Benchmark baseline vs accelerated on ``samples``; returns per-sample results and a summary with ratios.
+    ``processor`` is handed to :func:`~mmaccel.accelerate` (``contrast="code"`` needs it)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     per_sample: list[dict[str, Any]] = []
     for side in SIDES:
-        _set_side(model, side, config)
+        _set_side(model, side, config, processor)
         for _ in range(warmup):
             run_once(model, samples[0], max_new_tokens, measure_memory=False)
     bar = tqdm(samples, desc="bench", unit="sample", disable=not progress, file=sys.stderr)
@@ -229,7 +230,7 @@ def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_token
         inputs = inputs.to(device)
         record: dict[str, Any] = {"sample": index}
         for side in SIDES:
-            _set_side(model, side, config)
+            _set_side(model, side, config, processor)
             speculative = _speculative_component(model)
             runs = [run_once(model, inputs, max_new_tokens, measure_memory=False) for _ in range(repeats)]
             acceptance = speculative.acceptance() if speculative is not None else None
@@ -352,7 +353,7 @@ def main(args: BenchArgs) -> int:
     model, processor = load_model(args.model, device=device, dtype=dtype, seed=args.seed)
     samples = bench_inputs(args.model, processor, args.samples, args.batch_size, args.modality, args.seed)
     result = run_bench(model, samples, config, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                       warmup=args.warmup, progress=args.progress)
+                       warmup=args.warmup, progress=args.progress, processor=processor)
     header = (f"mmaccel bench  model={args.model}  device={device}  dtype={str(dtype).removeprefix('torch.')}  "
               f"config={config_name}  samples={args.samples}x{args.repeats}  batch={args.batch_size}  "
               f"new_tokens={args.max_new_tokens}")

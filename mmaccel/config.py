@@ -182,14 +182,17 @@ class SpecConfig(_SubConfig):
     sampling distribution-preserving). ``method="prompt_lookup"``: the continuation of the latest earlier
     occurrence of the last ``min_ngram`` to ``max_ngram`` tokens, in the prompt's text and the answer so far.
     ``method="draft_head"``: an MSD-style draft head (:mod:`mmaccel.spec.draft_head`) read from the folder ``head``
-    (default: the model's own folder, where the bundled models keep theirs)."""
+    (default: the model's own folder, where the bundled models keep theirs). ``method="draft_model"``: a smaller
+    model of the same family that sees the media too (:mod:`mmaccel.spec.draft_model`), loaded from ``drafter`` (a
+    bundled name, a folder or a Hub id) unless ``accelerate(..., drafter=model)`` hands one over."""
 
     method: str = "none"
     num_tokens: int = 8
     max_ngram: int = 3
     min_ngram: int = 1
     head: str = ""
-    CHOICES: ClassVar = {"method": ("none", "prompt_lookup", "draft_head")}
+    drafter: str = ""
+    CHOICES: ClassVar = {"method": ("none", "prompt_lookup", "draft_head", "draft_model")}
     RANGES: ClassVar = {"num_tokens": (1, 64), "max_ngram": (1, 16), "min_ngram": (1, 16)}
     SECTION: ClassVar = "spec"
 
@@ -207,9 +210,19 @@ class ContrastConfig(_SubConfig):
     ``"vcd"`` (the image noised to diffusion step ``noise_step``, VCD's defaults), ``"avisc"`` (only the blind
     visual tokens — those the prompt's last token attends to far more than to the rest, in the layers that attend
     most to the media — keep their embeddings; ``blind_layers`` is AvisC's share of media attention that picks the
-    layers, ``blind_lambda`` its threshold in standard deviations) or ``"no_image"`` (the prompt without its media;
-    batch 1). Steps whose distribution has entropy under ``entropy_threshold`` nats skip the contrast branch
-    (0: never skip)."""
+    layers, ``blind_lambda`` its threshold in standard deviations), ``"code"`` (CODE: the model's own description
+    of its media, at most ``description_tokens`` tokens answering ``description_prompt`` — empty: "Describe the
+    image." or video, audio — in their place; the strength ``alpha (1 - D)`` and the cutoff ``D`` follow each
+    step's bounded divergence ``D`` of the two branches with exponent ``code_exponent``, so ``beta`` is unused;
+    needs ``accelerate(..., processor=processor)``; batch 1), ``"no_image"`` (the prompt without its media;
+    batch 1), ``"mask_visual"`` / ``"mask_audio"`` (the same prompt with its visual / audio embeddings zeroed: the
+    audio/visual contrast of an audio-visual model) or ``"fork_merge"`` (audio-visual models, not a logit contrast:
+    the first ``fork_layers`` decoder layers run once on the audio-masked and once on the visual-masked prompt and
+    their states are merged, ``alpha`` weighing the merge against the unforked state; 0 picks a quarter of the
+    layers; batch 1). Steps whose distribution has entropy under ``entropy_threshold`` nats skip the contrast
+    branch (0: never skip). With ``batched``, a branch with the prompt's token layout (vcd, avisc, mask_*; batch 1)
+    decodes as a second row of the main forward once its prefill has run, every step (the entropy gate then only
+    chooses the logits): nearly free on a GPU, where decoding is memory-bound."""
 
     method: str = "none"
     alpha: float = 1.0
@@ -217,12 +230,18 @@ class ContrastConfig(_SubConfig):
     noise_step: int = 500
     blind_layers: float = 0.5
     blind_lambda: float = 1.0
+    description_tokens: int = 64
+    description_prompt: str = ""
+    code_exponent: float = 0.7
+    fork_layers: int = 0
+    batched: bool = True
     entropy_threshold: float = 0.0
     seed: int = 0
-    CHOICES: ClassVar = {"method": ("none", "vcd", "avisc", "no_image")}
+    CHOICES: ClassVar = {"method": ("none", "vcd", "avisc", "code", "no_image", "mask_visual", "mask_audio",
+                                    "fork_merge")}
     RANGES: ClassVar = {"alpha": (0.0, 100.0), "beta": (1e-6, 1.0), "noise_step": (0, 999),
-                        "blind_layers": (1e-6, 1.0), "blind_lambda": (-10.0, 10.0),
-                        "entropy_threshold": (0.0, 100.0)}
+                        "blind_layers": (1e-6, 1.0), "blind_lambda": (-10.0, 10.0), "description_tokens": (1, 4096),
+                        "code_exponent": (1e-3, 10.0), "fork_layers": (0, 1000), "entropy_threshold": (0.0, 100.0)}
     SECTION: ClassVar = "contrast"
 
 

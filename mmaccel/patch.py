@@ -29,6 +29,10 @@ class PatchState:
     config: AccelConfig
     adapter: ModelAdapter
     components: list[Component] = field(default_factory=list)
+    #: The model's processor, for components that write prompts of their own (``contrast="code"``).
+    processor: Any = None
+    #: A drafter model handed to ``accelerate`` (``spec="draft_model"``).
+    drafter: Any = None
     #: Figures components report for the last generate call (visual tokens kept, acceptance, ...).
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -105,15 +109,26 @@ def build_components(config: AccelConfig) -> list[Component]:
     return components
 
 
-def accelerate(model: nn.Module, config: AccelConfig | dict | str | None = None, **overrides: Any) -> nn.Module:
+def accelerate(model: nn.Module, config: AccelConfig | dict | str | None = None, *, processor: Any = None,
+               drafter: nn.Module | None = None, **overrides: Any) -> nn.Module:
     """Patch ``model`` in place with the given configuration and return it.
 
     ``config`` is an :class:`~mmaccel.config.AccelConfig`, a dict, a preset name or a JSON path; keyword overrides
-    replace whole sections, e.g. ``accelerate(model, kernels="triton")``. Calling it again reconfigures the model
-    (the previous patches are removed first). Raises ``UnsupportedModelError`` for a model family without an
-    adapter and ``ConfigError`` for a bad configuration, before anything is changed.
+    replace whole sections, e.g. ``accelerate(model, kernels="triton")``. ``processor`` is the model's processor,
+    needed by ``contrast="code"`` (it writes a description prompt through the chat template); ``drafter`` is a
+    smaller model of the same family for ``spec="draft_model"`` (instead of loading ``spec.drafter``); both are
+    ignored otherwise.
+    Calling it again reconfigures the model (the previous patches are removed first). Raises
+    ``UnsupportedModelError`` for a model family without an adapter and ``ConfigError`` for a bad configuration,
+    before anything is changed.
     """
     resolved = AccelConfig.resolve(config, **overrides)
+    if resolved.contrast.method == "code" and processor is None:
+        raise ConfigError("contrast='code' writes the model's description of its media into the prompt and needs "
+                          "the model's processor: accelerate(model, contrast='code', processor=processor)")
+    if resolved.spec.method == "draft_model" and drafter is None and not resolved.spec.drafter:
+        raise ConfigError("spec='draft_model' needs a drafter: set spec.drafter to a model name or folder, or pass "
+                          "accelerate(model, spec='draft_model', drafter=small_model)")
     if resolved.contrast.enabled and (resolved.spec.enabled or resolved.kv.enabled):
         raise ConfigError(f"contrast={resolved.contrast.method!r} does not combine with spec or kv yet (its "
                           f"contrast branch keeps a plain cache and reads every generated token once); leave "
@@ -124,7 +139,7 @@ def accelerate(model: nn.Module, config: AccelConfig | dict | str | None = None,
     adapter = get_adapter(model)
     if is_accelerated(model):
         restore(model)
-    state = PatchState(config=resolved, adapter=adapter)
+    state = PatchState(config=resolved, adapter=adapter, processor=processor, drafter=drafter)
     # Set through object.__setattr__ semantics of nn.Module: a plain (non-Module) attribute, not a submodule.
     setattr(model, STATE_ATTR, state)
     try:

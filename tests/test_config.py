@@ -62,11 +62,11 @@ def test_components_not_yet_available_are_refused_with_what_is_allowed():
     with pytest.raises(ConfigError, match=r"prune\.method='fixed' is not allowed; allowed: 'none', 'dynamic'"):
         AccelConfig.resolve(prune="fixed")
     with pytest.raises(ConfigError, match=r"spec\.method='small_vlm' is not allowed; allowed: 'none', "
-                                          r"'prompt_lookup', 'draft_head'"):
+                                          r"'prompt_lookup', 'draft_head', 'draft_model'"):
         AccelConfig.resolve(spec="small_vlm")
-    with pytest.raises(ConfigError, match=r"contrast\.method='code' is not allowed; allowed: 'none', 'vcd', "
-                                          r"'avisc', 'no_image'"):
-        AccelConfig.resolve(contrast="code")
+    with pytest.raises(ConfigError, match=r"contrast\.method='dola' is not allowed; allowed: 'none', 'vcd', "
+                                          r"'avisc', 'code', 'no_image', 'mask_visual', 'mask_audio', 'fork_merge'"):
+        AccelConfig.resolve(contrast="dola")
     with pytest.raises(ConfigError, match=r"spec\.min_ngram=3 must not exceed spec\.max_ngram=2"):
         AccelConfig.resolve(spec={"method": "prompt_lookup", "min_ngram": 3, "max_ngram": 2})
 

@@ -51,7 +51,7 @@ class MMAccelLMM(_Base):
                                                 dtype=resolve_dtype(dtype, self.device))
         self.frames = int(frames)
         if config or (preset and preset != "none"):
-            accelerate(self.model, config or preset)
+            accelerate(self.model, config or preset, processor=self.processor)
 
     def generate_until(self, requests: list[Any]) -> list[str]:
         """One answer per request, in order. Each request's ``args`` are ``(context, gen_kwargs, doc_to_visual,

@@ -66,7 +66,7 @@ def test_branches():
 
 
 @pytest.mark.parametrize("family", tiny_families())
-@pytest.mark.parametrize("method", ["vcd", "avisc", "no_image"])
+@pytest.mark.parametrize("method", ["vcd", "avisc", "code", "no_image", "mask_visual"])
 def test_every_family_runs_and_alpha_zero_is_plain_decoding(tiny, family, method):
     model, processor = tiny(family)
     inputs = sample_inputs(family, processor, batch_size=1, seed=2)
@@ -74,9 +74,9 @@ def test_every_family_runs_and_alpha_zero_is_plain_decoding(tiny, family, method
     with torch.no_grad():
         plain = model.generate(**inputs, **kwargs)
         try:
-            accelerate(model, contrast={"method": method, "alpha": 0.0})
+            accelerate(model, contrast={"method": method, "alpha": 0.0}, processor=processor)
             assert torch.equal(model.generate(**inputs, **kwargs), plain)
-            accelerate(model, contrast={"method": method})
+            accelerate(model, contrast={"method": method, "description_tokens": 5}, processor=processor)
             contrasted = model.generate(**inputs, **kwargs)
             cost = get_state(model).components[0].cost()
         finally:
@@ -85,6 +85,7 @@ def test_every_family_runs_and_alpha_zero_is_plain_decoding(tiny, family, method
     assert contrasted.shape == plain.shape and cost["contrasted"] == 6 and cost["branch_tokens"] > 5
     assert torch.equal(again, plain) and "generate" not in model.__dict__
     assert (cost["blind_tokens"] > 0) == (method == "avisc")
+    assert cost["descriptions"] == (method == "code")  # one description, cached for the second call
     assert model.config.get_text_config()._attn_implementation != "mmaccel" or method != "avisc"
 
 
@@ -92,3 +93,53 @@ def test_combinations_not_supported_yet_are_refused(tiny):
     model, _ = tiny("llava")
     with pytest.raises(ConfigError, match="does not combine with spec or kv yet"):
         accelerate(model, contrast="vcd", spec="prompt_lookup")
+
+
+@pytest.mark.parametrize("family", tiny_families())
+@pytest.mark.parametrize("method", ["vcd", "avisc", "mask_visual"])
+def test_a_branch_decoded_as_a_second_row_gives_the_unbatched_logits(tiny, family, method):
+    model, processor = tiny(family)
+    inputs = sample_inputs(family, processor, batch_size=1, seed=4)
+    kwargs = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, return_dict_in_generate=True,
+                  output_scores=True)  # the combined scores: they hold the branch's logits
+    outputs, costs = {}, {}
+    with torch.no_grad():
+        try:
+            for batched in (False, True):
+                accelerate(model, contrast={"method": method, "batched": batched})
+                outputs[batched] = model.generate(**inputs, **kwargs)
+                costs[batched] = get_state(model).components[0].cost()
+        finally:
+            restore(model)
+    assert costs[True]["joined"] == 1 and costs[False]["joined"] == 0
+    # joined after the first step: the unbatched branch read 4 more single tokens
+    assert costs[False]["branch_tokens"] - costs[True]["branch_tokens"] == 4
+    assert torch.equal(outputs[True].sequences, outputs[False].sequences)
+    for batched_step, step in zip(outputs[True].scores, outputs[False].scores, strict=True):
+        assert torch.equal(torch.isinf(batched_step), torch.isinf(step))
+        finite = torch.isfinite(step)
+        assert torch.allclose(batched_step[finite], step[finite], atol=1e-4, rtol=1e-4)
+    cache = outputs[True].past_key_values if hasattr(outputs[True], "past_key_values") else outputs[True].cache
+    assert cache.layers[0].keys.shape[0] == 1  # the second row left the caller's cache
+
+
+@pytest.mark.parametrize("family", tiny_families())
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_branch_that_sees_the_real_input_gives_the_plain_logits(tiny, family, batched):
+    """AvisC with every visual token blind (lambda = -10) contrasts the prompt with itself: the branch's logits
+    are the model's own, at the prefill and every step after (positions, M-RoPE offsets and caches included), so
+    ``(1 + a) l - a l = l`` wherever the plausibility cut keeps a token."""
+    model, processor = tiny(family)
+    inputs = sample_inputs(family, processor, batch_size=1, seed=5)
+    kwargs = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+    with torch.no_grad():
+        plain = model.generate(**inputs, **kwargs, output_logits=True)
+        try:
+            accelerate(model, contrast={"method": "avisc", "blind_lambda": -10.0, "batched": batched})
+            contrasted = model.generate(**inputs, **kwargs, output_scores=True)
+        finally:
+            restore(model)
+    assert torch.equal(contrasted.sequences, plain.sequences)
+    for combined, logits in zip(contrasted.scores, plain.logits, strict=True):
+        kept = torch.isfinite(combined)
+        assert kept.any() and torch.allclose(combined[kept], logits[kept], atol=1e-4)

@@ -6,7 +6,7 @@ import torch
 from mmaccel.zoo.reference import VIDEO_FRAMES, build_shapes_image, shapes_video_processor
 from mmaccel.zoo.train_video import (
     TRACK_FLAGS,
-    initialise_from_image_model,
+    initialise,
     letter_batch,
     make_batch,
     sample_questions,
@@ -85,7 +85,35 @@ def test_starts_from_the_image_model(tmp_path):
     image_model, _ = build_shapes_image(seed=3)
     image_model.save_pretrained(tmp_path)
     video_model, _ = build_shapes_video(seed=4)
-    initialise_from_image_model(video_model, tmp_path)
+    initialise(video_model, tmp_path)
     assert torch.equal(video_model.model.multi_modal_projector.linear_1.weight,
                        image_model.model.multi_modal_projector.linear_1.weight)
     assert torch.equal(video_model.lm_head.weight, image_model.lm_head.weight)
+
+
+def test_the_first_question_is_of_the_kind_asked_for():
+    from mmaccel.zoo.world.video_tasks import VIDEO_QUESTION_KINDS
+
+    rng = np.random.default_rng(5)
+    for kind in VIDEO_QUESTION_KINDS:
+        _, questions = sample_questions(rng, 3, first=kind)
+        assert questions[0].kind == kind
+
+
+def test_goes_on_from_a_video_checkpoint(tmp_path):
+    from mmaccel.zoo.reference import build_shapes_video
+
+    trained, _ = build_shapes_video(seed=5)
+    trained.save_pretrained(tmp_path)
+    video_model, _ = build_shapes_video(seed=6)
+    initialise(video_model, tmp_path)
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(video_model.state_dict()[name], tensor), name
+
+
+def test_short_videos_for_a_curriculum():
+    processor = shapes_video_processor()
+    batch = make_batch(processor, np.random.default_rng(1), batch_size=2, num_turns=2, num_frames=3)
+    assert batch["pixel_values_videos"].shape[1] == 3
+    assert ((batch["input_ids"] == processor.tokenizer.video_token_id).sum(-1) == 3 * 64).all()
+    assert batch["token_shapes"].shape == (2, 3 * 64)

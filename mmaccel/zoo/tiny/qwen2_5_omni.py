@@ -122,3 +122,16 @@ def sample_inputs(family: str, processor: Any, batch_size: int = 1, modality: st
         return processor(text=texts, videos=media, fps=VIDEO_FPS, videos_kwargs={"size": dict(SIZES)},
                          return_tensors="pt", padding=True)
     return processor(text=texts, audio=media, sampling_rate=SAMPLING_RATE, return_tensors="pt", padding=True)
+
+
+def sample_audio_video_inputs(processor: Any, seed: int = 0,
+                              question: str = "What do you see and hear?") -> BatchFeature:
+    """One prompt holding a synthetic video and a separate audio clip (``[video, audio, question]``): the input of
+    the audio-visual decoding strategies."""
+    content = [{"type": "video"}, {"type": "audio"}, {"type": "text", "text": question}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+    video = row_media("video", 1, seed, _IMAGE_SIZES, _VIDEO_SHAPES)
+    audio = [make_audio(_AUDIO_SECONDS[0], SAMPLING_RATE, seed=seed)]
+    return processor(text=[text], videos=video, audio=audio, fps=VIDEO_FPS, videos_kwargs={"size": dict(SIZES)},
+                     sampling_rate=SAMPLING_RATE, return_tensors="pt")

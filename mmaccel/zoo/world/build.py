@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 
 from .scenes import WORLD_SIZE, Scene, render_scene, sample_scene
 from .tasks import MME_CATEGORIES, POPE_SPLITS, caption, mme_pair, pope_rows
-from .video_tasks import VIDEO_QUESTION_KINDS, video_question, video_questions
-from .videos import render_video, sample_video
+from .video_tasks import VIDEO_QUESTION_KINDS, sample_answerable_video, video_questions
+from .videos import render_video
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 #: Frames per video of each Video-MME duration; every video has ``VIDEO_STATES`` states on its timeline.
@@ -142,9 +142,7 @@ def build_videomme(out: Path, videos_per_duration: int, seed: int, size: int = W
         counts[duration] = 0
         for _ in range(videos_per_duration):
             first = VIDEO_QUESTION_KINDS[len(records) % len(VIDEO_QUESTION_KINDS)]
-            video = sample_video(rng, num_frames=VIDEO_STATES)
-            while video_question(video, first, np.random.default_rng(0)) is None:
-                video = sample_video(rng, num_frames=VIDEO_STATES)
+            video = sample_answerable_video(rng, first, VIDEO_STATES)
             questions = video_questions(video, rng, first=first)
             number = len(records) + 1
             video_id = f"shapes_{seed}_{number:04d}"

@@ -27,7 +27,7 @@ import numpy as np
 from ...eval.videomme import videomme_prompt
 from .scenes import COLOURS, SHAPES
 from .tasks import SHORT_ANSWER_PROMPT
-from .videos import Track, VideoScene
+from .videos import Track, VideoScene, sample_video
 
 VIDEO_QUESTION_KINDS = ("first", "last", "moved", "left", "count", "change")
 TASK_TYPES = {"first": "Temporal Reasoning", "last": "Temporal Reasoning", "moved": "Action Recognition",
@@ -137,6 +137,15 @@ def video_question(video: VideoScene, kind: str, rng: np.random.Generator) -> Vi
         choices = [str(c) for c in rng.permutation(choices)]
     options = tuple(f"{letter}. {choice}." for letter, choice in zip(LETTERS, choices, strict=True))
     return VideoQuestion(kind, question, options, LETTERS[choices.index(right)])
+
+
+def sample_answerable_video(rng: np.random.Generator, kind: str, num_frames: int) -> VideoScene:
+    """A random video that can answer a ``kind`` question: videos are redrawn until one can, so that kinds with a
+    rare answer ("moved", "left", "change") are asked as often as the others."""
+    video = sample_video(rng, num_frames=num_frames)
+    while video_question(video, kind, np.random.default_rng(0)) is None:
+        video = sample_video(rng, num_frames=num_frames)
+    return video
 
 
 def video_questions(video: VideoScene, rng: np.random.Generator, count: int = 3,
