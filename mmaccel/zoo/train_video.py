@@ -179,7 +179,7 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
 
     First ``letter_warmup`` steps on :func:`letter_batch` alone (64 questions a step, a few minutes), then
     ``steps`` steps on videos, each also with ``letter_batch_size`` text-only letter questions; the first
-    ``short_video_steps`` of them show videos of 2 to 4 frames (drawn per batch), a curriculum."""
+    ``short_video_steps`` of them show videos of 3 or 4 frames (drawn per batch), a curriculum."""
     torch.manual_seed(seed)
     model, processor = build_shapes_video(seed)
     initialise(model, init)
@@ -210,7 +210,7 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     def next_frames() -> int:
         nonlocal video_steps
         video_steps += 1
-        return int(rng.integers(2, 5)) if video_steps <= short_video_steps else VIDEO_FRAMES
+        return int(rng.integers(3, 5)) if video_steps <= short_video_steps else VIDEO_FRAMES
 
     history, minutes = train_loop(
         model, parameters + list(probe.parameters()),
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="draw each conversation's video to answer its first question's kind, as the held-out "
                              "set is built (the bundled model was trained without)")
     parser.add_argument("--short-video-steps", type=int, default=0,
-                        help="the first video steps that show 2- to 4-frame videos (a curriculum; 0: none)")
+                        help="the first video steps that show 3- or 4-frame videos (a curriculum; 0: none)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:

@@ -92,3 +92,20 @@ def test_audio_strategies_need_an_audio_family_and_both_modalities(tiny):
             omni.generate(**video_only, **KWARGS)
     finally:
         restore(omni)
+
+
+def test_a_partial_merge_keeps_the_joint_prompt_as_a_third_row(tiny):
+    model, processor = tiny(FAMILY)
+    inputs = sample_audio_video_inputs(processor, seed=3)
+    rows = []
+    with torch.no_grad():
+        try:
+            accelerate(model, contrast={"method": "fork_merge", "fork_layers": 1, "alpha": 0.5})
+            layer = get_adapter(model).decoder_layers[0]
+            handle = layer.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+            out = model.generate(**inputs, **LOGITS)
+            handle.remove()
+        finally:
+            restore(model)
+    assert out.sequences.shape[1] == inputs["input_ids"].shape[1] + 6
+    assert set(rows) == {3}  # joint, visual and audio rows at the prefill and every step

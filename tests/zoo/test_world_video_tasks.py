@@ -63,3 +63,15 @@ def test_several_kinds_per_video_and_lmms_eval_prompt():
         "Respond with only the letter (A, B, C, or D) of the correct option.\n"
         "Which shape moves during the video?\nA. star.\nB. ring.\nC. cross.\nD. square.\n"
         "\nAnswer with the option's letter from the given choices directly.")
+
+
+def test_answerable_videos_are_drawn_for_every_kind_and_impossible_ones_are_named():
+    from mmaccel.zoo.world.video_tasks import VIDEO_QUESTION_KINDS, sample_answerable_video, video_question
+
+    rng = np.random.default_rng(3)
+    for kind in VIDEO_QUESTION_KINDS:
+        for frames in (3, 8):
+            video = sample_answerable_video(rng, kind, frames)
+            assert video.num_frames == frames and video_question(video, kind, np.random.default_rng(0)) is not None
+    with pytest.raises(ValueError, match="no 2-frame video answered a 'change' question in 50 draws"):
+        sample_answerable_video(rng, "change", 2, attempts=50)

@@ -139,13 +139,16 @@ def video_question(video: VideoScene, kind: str, rng: np.random.Generator) -> Vi
     return VideoQuestion(kind, question, options, LETTERS[choices.index(right)])
 
 
-def sample_answerable_video(rng: np.random.Generator, kind: str, num_frames: int) -> VideoScene:
+def sample_answerable_video(rng: np.random.Generator, kind: str, num_frames: int, attempts: int = 10_000
+                            ) -> VideoScene:
     """A random video that can answer a ``kind`` question: videos are redrawn until one can, so that kinds with a
-    rare answer ("moved", "left", "change") are asked as often as the others."""
-    video = sample_video(rng, num_frames=num_frames)
-    while video_question(video, kind, np.random.default_rng(0)) is None:
+    rare answer ("moved", "left", "change") are asked as often as the others. Raises ``ValueError`` after
+    ``attempts`` draws (a colour change needs a track of at least 3 frames, so 2-frame videos never have one)."""
+    for _ in range(attempts):
         video = sample_video(rng, num_frames=num_frames)
-    return video
+        if video_question(video, kind, np.random.default_rng(0)) is not None:
+            return video
+    raise ValueError(f"no {num_frames}-frame video answered a {kind!r} question in {attempts} draws")
 
 
 def video_questions(video: VideoScene, rng: np.random.Generator, count: int = 3,
