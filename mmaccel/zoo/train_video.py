@@ -60,7 +60,9 @@ def make_batch(processor: Any, rng: np.random.Generator, batch_size: int, num_tu
     tokens per frame)``. ``balanced_kinds``: see ``answerable`` in :func:`sample_questions`."""
     tokenizer = processor.tokenizer
     size = processor.video_processor.crop_size["height"]
-    cell = 2 * processor.patch_size  # LLaVA-NeXT-Video pools 2x2 patches into one visual token
+    # LLaVA-NeXT-Video pools 2x2 patches into one visual token: its processor counts video tokens the same way
+    # (image tokens // 4), whatever the model config's spatial_pool_stride
+    cell = 2 * processor.patch_size
     videos, sequences, shapes, flags = [], [], [], []
     for _ in range(batch_size):
         video, questions = sample_questions(rng, num_turns, answerable=balanced_kinds, num_frames=num_frames)
