@@ -17,12 +17,13 @@ def rope_offset_holders(model: nn.Module) -> list[nn.Module]:
     return [module for module in model.modules() if hasattr(module, "rope_deltas")]
 
 
-def continuation_position_ids(model: nn.Module, attention_mask: torch.Tensor, count: int,
+def continuation_position_ids(attention_mask: torch.Tensor, count: int, mrope: bool,
                               offset: torch.Tensor | None) -> torch.Tensor | None:
     """The position ids ``generate`` would pass for the last ``count`` tokens of ``attention_mask`` (``(B, L)``,
-    every token so far): text positions for a 1-D RoPE model; text positions plus ``offset`` (the model's
-    ``rope_deltas`` after its prefill) for an M-RoPE one, or ``None`` before its prefill (``offset`` is ``None``)."""
+    every token so far): text positions for a 1-D RoPE model; for an M-RoPE one (``mrope``: it has
+    :func:`rope_offset_holders`), text positions plus ``offset`` (its ``rope_deltas`` after its prefill), or
+    ``None`` before its prefill (``offset`` is ``None``)."""
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -count:]
-    if not rope_offset_holders(model):
+    if not mrope:
         return positions
     return None if offset is None else positions[None] + offset.to(positions.device)

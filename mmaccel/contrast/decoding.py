@@ -21,6 +21,7 @@ decodes from then on as a second row of the main forward, every step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -102,6 +103,11 @@ class ContrastiveLogitsProcessor(LogitsProcessor):
         combined = combined.masked_fill(implausible, float("-inf"))
         return torch.where(uncertain[:, None], combined, scores)
 
+    @functools.cached_property
+    def _offset_holders(self) -> list:
+        """The model's modules that keep an M-RoPE offset (found once: the walk is over every module)."""
+        return rope_offset_holders(self.model)
+
     @torch.no_grad()
     def _branch_logits(self, generated: torch.Tensor) -> torch.Tensor:
         """The contrast branch's next-token logits after the tokens generated so far (fed lazily)."""
@@ -122,9 +128,9 @@ class ContrastiveLogitsProcessor(LogitsProcessor):
         full = torch.cat([mask, mask.new_ones((mask.shape[0], generated.shape[1]))], dim=1)
         inputs["attention_mask"] = full
         # M-RoPE models keep their position offset (``rope_deltas``) as module state: the branch has its own
-        holders = rope_offset_holders(self.model)
+        holders = self._offset_holders
         offset = next((d for d in self.rope_deltas or [] if d is not None), None)
-        positions = continuation_position_ids(self.model, full, inputs["input_ids"].shape[1], offset)
+        positions = continuation_position_ids(full, inputs["input_ids"].shape[1], bool(holders), offset)
         if positions is not None:
             inputs["position_ids"] = positions
         main = [m.rope_deltas for m in holders]

@@ -50,6 +50,7 @@ class DraftModelCandidates(CandidateGenerator):
         self.max_length, self.stats = max_length, stats
         self.cache = DynamicCache(config=drafter.config.get_text_config())
         self.read = torch.zeros((1, 0), dtype=torch.long)  # the tokens the drafter's cache holds
+        self.offset_holders = rope_offset_holders(drafter)  # an M-RoPE drafter's modules with ``rope_deltas``
         self._drafted = 0
 
     @torch.no_grad()
@@ -99,9 +100,9 @@ class DraftModelCandidates(CandidateGenerator):
         first = self.read.shape[1] == 0
         if first:
             inputs.update(self.media)
-        holders = rope_offset_holders(self.drafter)
+        holders = self.offset_holders
         offset = None if first else next((m.rope_deltas for m in holders if m.rope_deltas is not None), None)
-        positions = continuation_position_ids(self.drafter, mask, tokens.shape[1], offset)
+        positions = continuation_position_ids(mask, tokens.shape[1], bool(holders), offset)
         if positions is not None:
             inputs["position_ids"] = positions
         try:
