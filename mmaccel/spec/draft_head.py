@@ -45,10 +45,13 @@ class DraftHead(nn.Module):
         self.layer = type(adapter.decoder_layers[0])(config, layer_idx=0)
 
     def forward(self, adapter: Any, features: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor,
-                visual: torch.Tensor | None = None, cache: DynamicCache | None = None) -> torch.Tensor:
+                visual: torch.Tensor | None = None, cache: DynamicCache | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted next features ``(B, L, h)`` for inputs at ``positions`` ``(B, L)``: ``features`` ``(B, L, h)``
         the target's (or predicted) features there, ``next_tokens`` ``(B, L)`` the following tokens; ``visual``
-        ``(B, L, h)`` with NaN rows where the position is not visual, replaces the fused input elsewhere."""
+        ``(B, L, h)`` with NaN rows where the position is not visual, replaces the fused input elsewhere. ``mask``
+        ``(L, cached + L)``, True where a row may attend, replaces the causal mask over the cache and the new rows
+        (the trainer's unrolled drafts need it)."""
         embeds = adapter.model.get_input_embeddings()(next_tokens)
         inputs = self.fc(torch.cat([embeds.to(features.dtype), features], dim=-1))
         if visual is not None:
@@ -56,8 +59,9 @@ class DraftHead(nn.Module):
             inputs = torch.where(is_visual, torch.nan_to_num(visual).to(inputs.dtype), inputs)
         past = cache.get_seq_length() if cache is not None else 0
         length = inputs.shape[1]
-        mask = None  # one new position sees the whole cache
-        if length > 1:
+        if mask is not None:
+            mask = mask[None, None]
+        elif length > 1:  # (one new position sees the whole cache: no mask)
             rows = torch.arange(length, device=inputs.device)[:, None] + past
             mask = (torch.arange(past + length, device=inputs.device)[None, :] <= rows)[None, None]
         rotary = adapter.language_model.rotary_emb(inputs, position_ids=positions)

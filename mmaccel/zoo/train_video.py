@@ -8,7 +8,8 @@ open-ended (answer a word), so the model learns the timeline and the option form
 answers only, plus two helpers: a deep-supervision loss (:class:`TokenProbe`, dropped from the saved model) that asks
 every visual token what its object does over the video, and text-only letter questions (:func:`letter_batch`),
 alone for a short warm-up and then beside every video step. The run is deterministic for a given seed and step
-count.
+count. Two experimental helpers are off by default (neither raised the held-out accuracy; see the model card):
+``--causal-token-targets`` and ``--option-probe`` (:class:`OptionProbe`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .training import encode_conversation, pad_right, save_model, train_loop
 from .world import SHAPES, VideoScene, render_video, sample_video
 from .world.scenes import patch_labels
 from .world.video_tasks import (
+    LETTERS,
     VIDEO_QUESTION_KINDS,
     VideoQuestion,
     option_text,
@@ -54,74 +56,151 @@ def sample_questions(rng: np.random.Generator, num_turns: int, first: str | None
 
 
 def make_batch(processor: Any, rng: np.random.Generator, batch_size: int, num_turns: int,
-               balanced_kinds: bool = False, num_frames: int = VIDEO_FRAMES) -> dict[str, torch.Tensor]:
+               balanced_kinds: bool = False, num_frames: int = VIDEO_FRAMES, causal_targets: bool = False
+               ) -> dict[str, torch.Tensor]:
     """A right-padded batch of fresh ``num_frames``-frame videos with their conversations, and each visual token's
     deep-supervision targets (:func:`token_targets`): ``token_shapes`` and ``token_flags``, ``(batch, frames *
-    tokens per frame)``. ``balanced_kinds``: see ``answerable`` in :func:`sample_questions`."""
+    tokens per frame)``, :data:`CAUSAL_TRACK_FLAGS` with ``causal_targets``; and where each four-option question's
+    options are (:func:`option_targets`). ``balanced_kinds``: see ``answerable`` in :func:`sample_questions`."""
     tokenizer = processor.tokenizer
     size = processor.video_processor.crop_size["height"]
     # LLaVA-NeXT-Video pools 2x2 patches into one visual token: its processor counts video tokens the same way
     # (image tokens // 4), whatever the model config's spatial_pool_stride
     cell = 2 * processor.patch_size
-    videos, sequences, shapes, flags = [], [], [], []
+    videos, sequences, shapes, flags, turn_lists = [], [], [], [], []
     for _ in range(batch_size):
         video, questions = sample_questions(rng, num_turns, answerable=balanced_kinds, num_frames=num_frames)
         videos.append(render_video(video, size=size, seed=int(rng.integers(2**31))))
         turns = video_qa_turns(questions, rng)
+        turn_lists.append(turns)
         sequences.append(encode_conversation(tokenizer, turns, (size // cell) ** 2 * len(videos[-1]),
                                              media_token_id=tokenizer.video_token_id))
-        token_shapes, token_flags = token_targets(video, size, cell)
+        token_shapes, token_flags = token_targets(video, size, cell, causal_targets)
         shapes.append(token_shapes)
         flags.append(token_flags)
     pixels = processor.video_processor(videos, return_tensors="pt")["pixel_values_videos"]
     return {**pad_right(sequences, tokenizer.pad_token_id), "pixel_values_videos": pixels,
-            "token_shapes": torch.from_numpy(np.stack(shapes)), "token_flags": torch.from_numpy(np.stack(flags))}
+            "token_shapes": torch.from_numpy(np.stack(shapes)), "token_flags": torch.from_numpy(np.stack(flags)),
+            **option_targets(tokenizer, sequences, turn_lists)}
 
 
-#: What :func:`token_targets` tells about the object under a visual token: one flag per temporal question kind.
+def option_targets(tokenizer: Any, sequences: list[tuple[list[int], list[int]]],
+                   turn_lists: list[list[tuple[str, str]]]) -> dict[str, torch.Tensor]:
+    """Where each four-option question's options end in the encoded ``sequences`` and which is right:
+    ``option_ends`` ``(batch, questions, 4)``, the position of the full stop that closes each option's line (-1:
+    none), and ``option_answers`` ``(batch, questions)``, the right option's index (-100: none); the questions are
+    the turns answered with a letter, in order."""
+    letters = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
+    newline, stop = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("\n", "."))
+    ends_per_row, answers_per_row = [], []
+    for (ids, _), turns in zip(sequences, turn_lists, strict=True):
+        starts = [i for i in range(1, len(ids) - 1) if ids[i - 1:i] == newline and ids[i] in letters
+                  and ids[i + 1:i + 2] == stop]
+        ends = []
+        for start in starts:
+            end = start + 2
+            while ids[end:end + 1] != newline:
+                end += 1
+            ends.append(end - 1)
+        answers = [LETTERS.index(answer) for _, answer in turns if answer in LETTERS]
+        if len(ends) != 4 * len(answers):
+            raise ValueError(f"found {len(ends)} option lines for {len(answers)} four-option questions")
+        ends_per_row.append([ends[i:i + 4] for i in range(0, len(ends), 4)])
+        answers_per_row.append(answers)
+    questions = max(1, max(len(a) for a in answers_per_row))
+    option_ends = torch.full((len(sequences), questions, 4), -1, dtype=torch.long)
+    option_answers = torch.full((len(sequences), questions), -100, dtype=torch.long)
+    for row, (ends, answers) in enumerate(zip(ends_per_row, answers_per_row, strict=True)):
+        for question, (positions, answer) in enumerate(zip(ends, answers, strict=True)):
+            option_ends[row, question] = torch.tensor(positions)
+            option_answers[row, question] = answer
+    return {"option_ends": option_ends, "option_answers": option_answers}
+
+
+#: What :func:`token_targets` tells about the object under a visual token by default: one flag per temporal question
+#: kind, over the whole video (the bundled model's targets).
 TRACK_FLAGS = ("first to appear", "last to appear", "moves", "leaves", "changes colour")
+#: What it tells with ``causal=True``: from the frames up to the token's own only.
+CAUSAL_TRACK_FLAGS = ("first to appear", "appears in this frame", "has moved", "has changed colour")
 
 
-def token_targets(video: VideoScene, size: int, cell: int) -> tuple[np.ndarray, np.ndarray]:
+def token_targets(video: VideoScene, size: int, cell: int, causal: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per visual token (frame by frame, row-major ``cell`` x ``cell`` cells): the shape of the object it shows
-    (index into ``SHAPES``, ``-100`` for background) and that object's :data:`TRACK_FLAGS` over the whole video
-    (``-1`` for background) — what a token must gather from the other frames for every temporal question."""
+    (index into ``SHAPES``, ``-100`` for background) and that object's flags (``-1`` for background).
+
+    By default the flags are :data:`TRACK_FLAGS`, what the object does over the whole video — what a token would
+    need to gather from the other frames for every temporal question. A causal language model's token cannot see
+    later frames, though, so before the last frame most of them are out of reach. With ``causal`` they are
+    :data:`CAUSAL_TRACK_FLAGS`, decided by the frames up to the token's own: whether the object was the first to
+    appear, whether this frame is its first, whether it is elsewhere than where it appeared, whether its colour is
+    no longer the one it appeared with; the answer, after the video, would need only find the token that says so."""
+    names = CAUSAL_TRACK_FLAGS if causal else TRACK_FLAGS
     grid = size // cell
     shapes = np.full((video.num_frames, grid * grid), -100, np.int64)
-    flags = np.full((video.num_frames, grid * grid, len(TRACK_FLAGS)), -1.0, np.float32)
+    flags = np.full((video.num_frames, grid * grid, len(names)), -1.0, np.float32)
     appear = [t.appear for t in video.tracks]
     for frame in range(video.num_frames):
         present = [t for t in video.tracks if t.at(frame) is not None]
         for token, label in enumerate(patch_labels(video.frame(frame), size, cell).ravel()):
-            if label:
-                track = present[label - 1]
-                shapes[frame, token] = SHAPES.index(track.shape)
+            if not label:
+                continue
+            track = present[label - 1]
+            shapes[frame, token] = SHAPES.index(track.shape)
+            if causal:
+                here, then = track.at(frame), track.at(track.appear)
+                flags[frame, token] = [track.appear == min(appear), frame == track.appear,
+                                       (here.x, here.y) != (then.x, then.y), here.colour != then.colour]
+            else:
                 flags[frame, token] = [track.appear == min(appear), track.appear == max(appear), track.moves,
                                        track.leave < video.num_frames, track.change_at is not None]
-    return shapes.ravel(), flags.reshape(-1, len(TRACK_FLAGS))
+    return shapes.ravel(), flags.reshape(-1, len(names))
 
 
 class TokenProbe(torch.nn.Module):
     """Deep supervision, discarded after training: from the language model's hidden state after layer ``layer`` at
-    every visual token, predict :func:`token_targets` — the shape the token shows and what that object does over
-    the video. It makes the first layers gather, at each object's tokens, what its other frames hold, so the later
-    layers need only find the token that answers; without it the temporal answers stay at chance."""
+    every visual token, predict :func:`token_targets` — the shape the token shows and what its object does. It is
+    meant to make the first layers gather, at each object's tokens, what its other frames hold, so that the later
+    layers need only find the token that answers. ``num_flags``: how many flags the targets have."""
 
-    def __init__(self, model: Any, layer: int = 2) -> None:
+    def __init__(self, model: Any, layer: int = 2, num_flags: int = len(TRACK_FLAGS)) -> None:
         super().__init__()
         self.layer = layer
-        self.head = torch.nn.Linear(model.config.text_config.hidden_size, len(SHAPES) + len(TRACK_FLAGS))
+        self.num_flags = num_flags
+        self.head = torch.nn.Linear(model.config.text_config.hidden_size, len(SHAPES) + num_flags)
 
     def loss(self, hidden_states: tuple[torch.Tensor, ...], visual: torch.Tensor, shapes: torch.Tensor,
              flags: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the shape plus binary cross-entropy of the flags, over object tokens; ``visual`` marks
         the visual tokens of the batch (as many per row as ``shapes`` has columns)."""
         logits = self.head(hidden_states[self.layer][visual].float())
-        shapes, flags = shapes.reshape(-1), flags.reshape(-1, len(TRACK_FLAGS))
+        shapes, flags = shapes.reshape(-1), flags.reshape(-1, self.num_flags)
         shape_loss = torch.nn.functional.cross_entropy(logits[:, :len(SHAPES)], shapes, ignore_index=-100)
         objects = shapes != -100
         flag_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[objects, len(SHAPES):], flags[objects])
         return shape_loss + flag_loss
+
+
+class OptionProbe(torch.nn.Module):
+    """Deep supervision, discarded after training: from the hidden state after layer ``layer`` at the end of each
+    option's line, score the option; the four scores of a question are trained to pick the right one. A letter
+    answer is otherwise the last of a long chain (find the answer, then the option that holds it, then its letter)
+    at the last position alone; this asks each option's own tokens to check it against the video, so the last
+    layers need only find the option that passed."""
+
+    def __init__(self, model: Any, layer: int = 3) -> None:
+        super().__init__()
+        self.layer = layer
+        self.head = torch.nn.Linear(model.config.text_config.hidden_size, 1)
+
+    def loss(self, hidden_states: tuple[torch.Tensor, ...], option_ends: torch.Tensor,
+             option_answers: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the right option among each question's four (questions without options are skipped)."""
+        asked = option_answers != -100
+        if not bool(asked.any()):
+            return hidden_states[self.layer].new_zeros(())
+        rows = torch.arange(option_ends.shape[0])[:, None, None].expand_as(option_ends)
+        scores = self.head(hidden_states[self.layer][rows, option_ends.clamp(min=0)].float()).squeeze(-1)
+        return torch.nn.functional.cross_entropy(scores[asked], option_answers[asked])
 
 
 def letter_batch(tokenizer: Any, rng: np.random.Generator, batch_size: int) -> dict[str, torch.Tensor]:
@@ -130,14 +209,15 @@ def letter_batch(tokenizer: Any, rng: np.random.Generator, batch_size: int) -> d
     ends with — find the option that holds what the model knows and say its letter — which video answers alone
     teach too slowly: the letter loss sits at chance for hundreds of steps while the open-ended answers are
     learned."""
-    sequences = []
+    sequences, turn_lists = [], []
     while len(sequences) < batch_size:
         question = video_question(sample_video(rng, num_frames=VIDEO_FRAMES), str(rng.choice(VIDEO_QUESTION_KINDS)),
                                   rng)
         if question is not None:
             prompt = videomme_prompt(f"{question.question} It is {option_text(question)}.", question.options)
-            sequences.append(encode_conversation(tokenizer, [(prompt, question.answer)], 0))
-    return pad_right(sequences, tokenizer.pad_token_id)
+            turn_lists.append([(prompt, question.answer)])
+            sequences.append(encode_conversation(tokenizer, turn_lists[-1], 0))
+    return {**pad_right(sequences, tokenizer.pad_token_id), **option_targets(tokenizer, sequences, turn_lists)}
 
 
 def quick_videomme_accuracy(model: Any, processor: Any, seed: int, num_videos: int = 30) -> dict[str, float]:
@@ -176,7 +256,8 @@ def initialise(model: Any, folder: Path) -> None:
 
 def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr: float, seed: int,
           eval_every: int, save_every: int = 0, train_vision: bool = False, letter_warmup: int = 300,
-          letter_batch_size: int = 16, balanced_kinds: bool = False, short_video_steps: int = 0) -> dict:
+          letter_batch_size: int = 16, balanced_kinds: bool = False, short_video_steps: int = 0,
+          option_probe: bool = False, causal_targets: bool = False) -> dict:
     """Train and save to ``out``; returns the run's summary (also written to ``out/training.json``).
 
     First ``letter_warmup`` steps on :func:`letter_batch` alone (64 questions a step, a few minutes), then
@@ -188,23 +269,37 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     model.model.vision_tower.requires_grad_(train_vision)
     tokenizer = processor.tokenizer
     rng = np.random.default_rng(seed)
-    probe = TokenProbe(model)
+    probe = TokenProbe(model, num_flags=len(CAUSAL_TRACK_FLAGS if causal_targets else TRACK_FLAGS))
     parameters = [p for p in model.parameters() if p.requires_grad]
+
+    options = OptionProbe(model) if option_probe else None
+
+    def option_loss(batch: dict[str, torch.Tensor], output: Any) -> dict[str, torch.Tensor]:
+        if options is None:
+            return {}
+        return {"option_loss": options.loss(output.hidden_states, batch["option_ends"], batch["option_answers"])}
+
+    def letter_losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        targets = {key: batch.pop(key) for key in ("option_ends", "option_answers")}
+        output = model(**batch, output_hidden_states=options is not None)
+        return {"letter_loss": output.loss, **{f"letter_{k}": v for k, v in option_loss(targets, output).items()}}
 
     warmup_history, warmup_minutes = [], 0.0
     if letter_warmup:
         warmup_history, warmup_minutes = train_loop(
-            model, parameters, lambda: letter_batch(tokenizer, rng, 64),
-            lambda batch: {"letter_loss": model(**batch).loss}, steps=letter_warmup, lr=lr, out=out)
+            model, parameters + (list(options.parameters()) if options is not None else []),
+            lambda: letter_batch(tokenizer, rng, 64), letter_losses, steps=letter_warmup, lr=lr, out=out)
 
     def losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         shapes, flags = batch.pop("token_shapes"), batch.pop("token_flags")
+        targets = {key: batch.pop(key) for key in ("option_ends", "option_answers")}
         output = model(**batch, output_hidden_states=True)
         parts = {"loss": output.loss, "token_loss": probe.loss(output.hidden_states,
                                                                batch["input_ids"] == tokenizer.video_token_id,
-                                                               shapes, flags)}
+                                                               shapes, flags),
+                 **option_loss(targets, output)}
         if letter_batch_size:
-            parts["letter_loss"] = model(**letter_batch(tokenizer, rng, letter_batch_size)).loss
+            parts.update(letter_losses(letter_batch(tokenizer, rng, letter_batch_size)))
         return parts
 
     video_steps = 0
@@ -215,8 +310,8 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
         return int(rng.integers(3, 5)) if video_steps <= short_video_steps else VIDEO_FRAMES
 
     history, minutes = train_loop(
-        model, parameters + list(probe.parameters()),
-        lambda: make_batch(processor, rng, batch_size, num_turns, balanced_kinds, next_frames()),
+        model, parameters + list(probe.parameters()) + (list(options.parameters()) if options is not None else []),
+        lambda: make_batch(processor, rng, batch_size, num_turns, balanced_kinds, next_frames(), causal_targets),
         losses, steps=steps, lr=lr, out=out,
         evaluate=lambda step: {f"quick_{kind}": score for kind, score in
                               quick_videomme_accuracy(model, processor, seed=20_000 + step).items()},
@@ -226,7 +321,8 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     summary = {"init": str(init), "steps": steps, "batch_size": batch_size, "turns": num_turns, "lr": lr,
                "seed": seed, "train_vision": train_vision, "letter_warmup": letter_warmup,
                "letter_batch_size": letter_batch_size, "balanced_kinds": balanced_kinds,
-               "short_video_steps": short_video_steps,
+               "short_video_steps": short_video_steps, "option_probe": option_probe,
+               "causal_targets": causal_targets,
                "wall_minutes": round(warmup_minutes + minutes, 1),
                "quick_videomme_acc_heldout": final, "parameters": sum(p.numel() for p in model.parameters()),
                "letter_warmup_history": warmup_history, "history": history}
@@ -257,13 +353,18 @@ def main(argv: list[str] | None = None) -> int:
                              "set is built (the bundled model was trained without)")
     parser.add_argument("--short-video-steps", type=int, default=0,
                         help="the first video steps that show 3- or 4-frame videos (a curriculum; 0: none)")
+    parser.add_argument("--option-probe", action="store_true",
+                        help="deep supervision of each option of a four-option question (OptionProbe)")
+    parser.add_argument("--causal-token-targets", action="store_true",
+                        help="deep-supervise each visual token with what its object has done up to its frame "
+                             "(CAUSAL_TRACK_FLAGS) instead of over the whole video")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     summary = train(Path(args.out), Path(args.init), args.steps, args.batch_size, args.turns, args.lr, args.seed,
                     args.eval_every, args.save_every, args.train_vision, args.letter_warmup, args.letter_batch_size,
-                    args.balanced_kinds, args.short_video_steps)
+                    args.balanced_kinds, args.short_video_steps, args.option_probe, args.causal_token_targets)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 

@@ -5,7 +5,9 @@ import torch
 
 from mmaccel.zoo.reference import VIDEO_FRAMES, build_shapes_image, shapes_video_processor
 from mmaccel.zoo.train_video import (
+    CAUSAL_TRACK_FLAGS,
     TRACK_FLAGS,
+    OptionProbe,
     initialise,
     letter_batch,
     make_batch,
@@ -69,6 +71,46 @@ def test_token_targets_follow_the_tracks():
             assert (flags[shapes == shape][:, 2] == (shape in movers)).all()
 
 
+def test_causal_token_targets_never_tell_what_comes_later():
+    from mmaccel.zoo.world import SHAPES, sample_video
+
+    video = sample_video(np.random.default_rng(4), num_frames=VIDEO_FRAMES)
+    shapes, flags = token_targets(video, 128, 16, causal=True)
+    shapes, flags = shapes.reshape(VIDEO_FRAMES, 64), flags.reshape(VIDEO_FRAMES, 64, len(CAUSAL_TRACK_FLAGS))
+    for track in video.tracks:
+        shape = SHAPES.index(track.shape)
+        if sum(t.shape == track.shape for t in video.tracks) != 1:
+            continue
+        for frame in range(VIDEO_FRAMES):
+            tokens = flags[frame][shapes[frame] == shape]
+            if not len(tokens):
+                continue
+            moved = track.moves and frame > track.appear and track.leave - 1 > track.appear
+            changed = track.change_at is not None and frame >= track.change_at
+            assert (tokens[:, 1] == (frame == track.appear)).all()
+            assert (tokens[:, 2] == moved).all() and (tokens[:, 3] == changed).all()
+
+
+def test_causal_token_targets_of_a_known_timeline():
+    from mmaccel.zoo.world import SHAPES
+    from mmaccel.zoo.world.scenes import BACKGROUNDS, Background
+    from mmaccel.zoo.world.videos import Track, VideoScene
+
+    still = Track("circle", "red", 0.25, (0.25, 0.25), (0.25, 0.25), appear=0, leave=4, change_at=2,
+                  new_colour="blue")
+    mover = Track("star", "green", 0.25, (0.75, 0.75), (0.75, 0.3), appear=1, leave=4)
+    video = VideoScene("garden", Background(BACKGROUNDS[0], (90, 90, 90), (110, 110, 110), 8, 0.0), 4, (still, mover))
+    shapes, flags = token_targets(video, 128, 16, causal=True)
+    shapes, flags = shapes.reshape(4, 64), flags.reshape(4, 64, len(CAUSAL_TRACK_FLAGS))
+    circle, star = SHAPES.index("circle"), SHAPES.index("star")
+    expected = {(0, circle): [1, 1, 0, 0], (1, circle): [1, 0, 0, 0], (2, circle): [1, 0, 0, 1],
+                (3, circle): [1, 0, 0, 1], (1, star): [0, 1, 0, 0], (2, star): [0, 0, 1, 0], (3, star): [0, 0, 1, 0]}
+    for (frame, shape), want in expected.items():
+        tokens = flags[frame][shapes[frame] == shape]
+        assert len(tokens) and (tokens == np.array(want, np.float32)).all(), (frame, SHAPES[shape])
+    assert not (shapes[0] == star).any()
+
+
 def test_letter_questions_answer_the_letter_of_the_stated_option():
     tokenizer = shapes_video_processor().tokenizer
     batch = letter_batch(tokenizer, np.random.default_rng(0), 4)
@@ -117,3 +159,40 @@ def test_short_videos_for_a_curriculum():
     assert batch["pixel_values_videos"].shape[1] == 3
     assert ((batch["input_ids"] == processor.tokenizer.video_token_id).sum(-1) == 3 * 64).all()
     assert batch["token_shapes"].shape == (2, 3 * 64)
+
+
+def test_option_targets_mark_each_options_closing_stop_and_the_right_one():
+    processor = shapes_video_processor()
+    tokenizer = processor.tokenizer
+    batch = make_batch(processor, np.random.default_rng(3), batch_size=4, num_turns=3)
+    asked = 0
+    for ids, labels, ends, answers in zip(batch["input_ids"], batch["labels"], batch["option_ends"],
+                                          batch["option_answers"], strict=True):
+        letters = [tokenizer.decode(labels[i + 1:i + 2]).strip() for i in range(len(labels) - 1)
+                   if labels[i] == -100 and labels[i + 1] != -100]
+        letter_answers = [a for a in letters if a in "ABCD"]
+        for question, answer in zip(ends, answers, strict=True):
+            if answer == -100:
+                assert (question == -1).all()
+                continue
+            lines = [tokenizer.decode(ids[end - 2:end + 2]) for end in question]
+            assert all(line.endswith(".\n") for line in lines), lines
+            assert [tokenizer.decode(ids[:end + 1]).rsplit("\n", 1)[1][0] for end in question] == list("ABCD")
+            asked += 1
+        assert [("ABCD"[int(a)]) for a in answers if a != -100] == letter_answers
+    assert asked > 0
+
+
+def test_the_option_probe_scores_four_options_per_question(tiny):
+    model, _ = tiny("llava")
+    probe = OptionProbe(model, layer=1)
+    hidden = torch.randn(2, 30, model.config.text_config.hidden_size)
+    ends = torch.tensor([[[3, 6, 9, 12], [-1, -1, -1, -1]], [[4, 8, 12, 16], [20, 22, 24, 26]]])
+    answers = torch.tensor([[2, -100], [0, 3]])
+    loss = probe.loss((hidden, hidden), ends, answers)
+    scores = probe.head(hidden).squeeze(-1)
+    expected = torch.nn.functional.cross_entropy(
+        torch.stack([scores[0, [3, 6, 9, 12]], scores[1, [4, 8, 12, 16]], scores[1, [20, 22, 24, 26]]]),
+        torch.tensor([2, 0, 3]))
+    assert torch.allclose(loss, expected)
+    assert probe.loss((hidden, hidden), ends, torch.full_like(answers, -100)) == 0
