@@ -196,3 +196,13 @@ def test_the_option_probe_scores_four_options_per_question(tiny):
         torch.tensor([2, 0, 3]))
     assert torch.allclose(loss, expected)
     assert probe.loss((hidden, hidden), ends, torch.full_like(answers, -100)) == 0
+
+
+def test_the_share_of_four_option_questions_is_chosen():
+    processor = shapes_video_processor()
+    for share, expected in ((1.0, True), (0.0, False)):
+        batch = make_batch(processor, np.random.default_rng(2), batch_size=2, num_turns=2, multiple_choice=share)
+        answers = batch["labels"][batch["labels"] != -100]
+        letters = processor.tokenizer.decode(answers)
+        asked = int((batch["option_answers"] != -100).sum())
+        assert (asked == 4) == expected and (asked == 0) == (not expected), (share, asked, letters)
