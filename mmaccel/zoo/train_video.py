@@ -101,7 +101,7 @@ def option_targets(tokenizer: Any, sequences: list[tuple[list[int], list[int]]],
         ends = []
         for start in starts:
             end = start + 2
-            while ids[end:end + 1] != newline:
+            while end < len(ids) and ids[end:end + 1] != newline:
                 end += 1
             ends.append(end - 1)
         answers = [LETTERS.index(answer) for _, answer in turns if answer in LETTERS]
@@ -275,6 +275,7 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     parameters = [p for p in model.parameters() if p.requires_grad]
 
     options = OptionProbe(model) if option_probe else None
+    option_parameters = list(options.parameters()) if options is not None else []
 
     def option_loss(batch: dict[str, torch.Tensor], output: Any) -> dict[str, torch.Tensor]:
         if options is None:
@@ -289,8 +290,8 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     warmup_history, warmup_minutes = [], 0.0
     if letter_warmup:
         warmup_history, warmup_minutes = train_loop(
-            model, parameters + (list(options.parameters()) if options is not None else []),
-            lambda: letter_batch(tokenizer, rng, 64), letter_losses, steps=letter_warmup, lr=lr, out=out)
+            model, parameters + option_parameters, lambda: letter_batch(tokenizer, rng, 64), letter_losses,
+            steps=letter_warmup, lr=lr, out=out)
 
     def losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         shapes, flags = batch.pop("token_shapes"), batch.pop("token_flags")
@@ -312,7 +313,7 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
         return int(rng.integers(3, 5)) if video_steps <= short_video_steps else VIDEO_FRAMES
 
     history, minutes = train_loop(
-        model, parameters + list(probe.parameters()) + (list(options.parameters()) if options is not None else []),
+        model, parameters + list(probe.parameters()) + option_parameters,
         lambda: make_batch(processor, rng, batch_size, num_turns, balanced_kinds, next_frames(), causal_targets,
                            multiple_choice),
         losses, steps=steps, lr=lr, out=out,
