@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from transformers import LlavaForConditionalGeneration
 
 from .reference import build_shapes_image
 from .score import answer_image_questions
-from .training import answer_positions, encode_conversation, pad_right, save_model, train_loop
+from .training import answer_positions, encode_conversation, pad_right, save_model, train_in_rounds, train_loop
 from .world import COLOURS, SHAPES, Scene, patch_labels, render_scene, sample_scene
 from .world.tasks import image_qa_turns
 
@@ -299,23 +298,9 @@ BUNDLED_ROUNDS = ({"vision_steps": 2500, "steps": 1400, "lr": 1e-3, "seed": 0},
 
 
 def train_rounds(out: Path, rounds: tuple[dict, ...], eval_every: int, save_every: int = 0, **common: Any) -> dict:
-    """Train ``rounds`` in turn, each continuing the previous one (the first from scratch), saving each to
-    ``out/round-N`` and the last to ``out``; the rounds' folders are removed at the end and the summary of each
-    (without its step log) is kept in ``out/training.json`` under ``"rounds"``."""
-    init, summaries = None, []
-    for index, round_args in enumerate(rounds):
-        last = index == len(rounds) - 1
-        folder = out if last else out / f"round-{index + 1}"
-        summary = train(folder, eval_every=eval_every, save_every=save_every, init=init,
-                        **{"batch_size": 16, "num_turns": 8, **common, **round_args})
-        summaries.append({k: v for k, v in summary.items() if not k.endswith("history")})
-        init = folder
-    summary["rounds"] = summaries
-    summary["wall_minutes_all_rounds"] = round(sum(s["wall_minutes"] for s in summaries), 1)
-    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for index in range(len(rounds) - 1):
-        shutil.rmtree(out / f"round-{index + 1}")
-    return summary
+    """Train ``rounds`` in turn, the first from scratch (see :func:`~mmaccel.zoo.training.train_in_rounds`)."""
+    return train_in_rounds(train, out, rounds, None, eval_every=eval_every, save_every=save_every,
+                           **{"batch_size": 16, "num_turns": 8, **common})
 
 
 def load_weights(model: Any, folder: Path) -> None:

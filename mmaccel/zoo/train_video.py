@@ -1,16 +1,17 @@
-"""Train ``shapes-video`` on shapes-world videos, on CPU: ``python -m mmaccel.zoo.train_video --out DIR``.
+"""Train ``shapes-video`` on shapes-world videos, on CPU. The bundled weights' whole recipe is one command,
+``python -m mmaccel.zoo.train_video --recipe bundled --out DIR`` (:data:`BUNDLED_ROUNDS`, each round going on from
+the one before); without ``--recipe`` one run with the options given.
 
 The model starts from ``shapes-image`` (its vision tower, projector and language model load into
 LLaVA-NeXT-Video's, which adds 2x2 pooling of each frame); the vision tower stays frozen unless ``--train-vision``.
 Every step draws fresh 8-frame videos from a seeded stream (the held-out sets use other seeds) and trains on
-conversations of temporal questions, half in lmms-eval's Video-MME prompt (four options, answer a letter), half
-open-ended (answer a word), so the model learns the timeline and the option format separately. The loss is on
-answers only, plus two helpers: a deep-supervision loss (:class:`TokenProbe`, dropped from the saved model) that asks
-every visual token what its object does over the video, and text-only letter questions (:func:`letter_batch`),
-alone for a short warm-up and then beside every video step. The run is deterministic for a given seed and step
-count. Off by default, so that the defaults train the bundled model: ``--causal-token-targets`` (what each token's
-frames so far decide, :data:`CAUSAL_TRACK_FLAGS`), ``--option-probe`` (:class:`OptionProbe`) and
-``--multiple-choice`` above one half; the model card has what they gave (a better candidate, not bundled yet).
+conversations of temporal questions, some in lmms-eval's Video-MME prompt (four options, answer a letter, or with
+``--name-then-letter`` the option's text and then its letter), the others open-ended (answer a word). The loss is
+on answers only, plus helpers: a deep-supervision loss (:class:`TokenProbe`, dropped from the saved model) that
+asks every visual token what its object does (over the whole video, or with ``--causal-token-targets`` up to its
+own frame, :data:`CAUSAL_TRACK_FLAGS`), an option probe (``--option-probe``, :class:`OptionProbe`) and text-only
+letter questions (:func:`letter_batch`), alone for a short warm-up and then beside every video step. A run is
+deterministic for a given seed and step count.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import torch
 from ..eval.videomme import videomme_prompt
 from .reference import VIDEO_FRAMES, WEIGHTS_DIR, build_shapes_video
 from .score import answer_video_question
-from .training import encode_conversation, pad_right, save_model, train_loop
+from .training import encode_conversation, pad_right, save_model, train_in_rounds, train_loop
 from .world import SHAPES, VideoScene, render_video, sample_video
 from .world.scenes import patch_labels
 from .world.video_tasks import (
     LETTERS,
     VIDEO_QUESTION_KINDS,
     VideoQuestion,
+    answer_letter,
     option_text,
     sample_answerable_video,
     video_qa_turns,
@@ -58,12 +60,13 @@ def sample_questions(rng: np.random.Generator, num_turns: int, first: str | None
 
 def make_batch(processor: Any, rng: np.random.Generator, batch_size: int, num_turns: int,
                balanced_kinds: bool = False, num_frames: int = VIDEO_FRAMES, causal_targets: bool = False,
-               multiple_choice: float = 0.5) -> dict[str, torch.Tensor]:
+               multiple_choice: float = 0.5, name_then_letter: bool = False) -> dict[str, torch.Tensor]:
     """A right-padded batch of fresh ``num_frames``-frame videos with their conversations, and each visual token's
     deep-supervision targets (:func:`token_targets`): ``token_shapes`` and ``token_flags``, ``(batch, frames *
     tokens per frame)``, :data:`CAUSAL_TRACK_FLAGS` with ``causal_targets``; and where each four-option question's
     options are (:func:`option_targets`). ``balanced_kinds``: see ``answerable`` in :func:`sample_questions`;
-    ``multiple_choice``: the share of questions asked with four options (the others are open-ended)."""
+    ``multiple_choice``: the share of questions asked with four options (the others are open-ended);
+    ``name_then_letter``: four-option answers name the option before its letter (:func:`video_qa_turns`)."""
     tokenizer = processor.tokenizer
     size = processor.video_processor.crop_size["height"]
     # LLaVA-NeXT-Video pools 2x2 patches into one visual token: its processor counts video tokens the same way
@@ -73,7 +76,7 @@ def make_batch(processor: Any, rng: np.random.Generator, batch_size: int, num_tu
     for _ in range(batch_size):
         video, questions = sample_questions(rng, num_turns, answerable=balanced_kinds, num_frames=num_frames)
         videos.append(render_video(video, size=size, seed=int(rng.integers(2**31))))
-        turns = video_qa_turns(questions, rng, multiple_choice)
+        turns = video_qa_turns(questions, rng, multiple_choice, name_then_letter)
         turn_lists.append(turns)
         sequences.append(encode_conversation(tokenizer, turns, (size // cell) ** 2 * len(videos[-1]),
                                              media_token_id=tokenizer.video_token_id))
@@ -104,7 +107,8 @@ def option_targets(tokenizer: Any, sequences: list[tuple[list[int], list[int]]],
             while end < len(ids) and ids[end:end + 1] != newline:
                 end += 1
             ends.append(end - 1)
-        answers = [LETTERS.index(answer) for _, answer in turns if answer in LETTERS]
+        answers = [LETTERS.index(letter) for letter in map(answer_letter, (answer for _, answer in turns))
+                   if letter is not None]
         if len(ends) != 4 * len(answers):
             raise ValueError(f"found {len(ends)} option lines for {len(answers)} four-option questions")
         ends_per_row.append([ends[i:i + 4] for i in range(0, len(ends), 4)])
@@ -205,19 +209,22 @@ class OptionProbe(torch.nn.Module):
         return torch.nn.functional.cross_entropy(scores[asked], option_answers[asked])
 
 
-def letter_batch(tokenizer: Any, rng: np.random.Generator, batch_size: int) -> dict[str, torch.Tensor]:
+def letter_batch(tokenizer: Any, rng: np.random.Generator, batch_size: int,
+                 name_then_letter: bool = False) -> dict[str, torch.Tensor]:
     """Text-only four-option questions in the Video-MME prompt whose question states its answer ("Which shape moves
     during the video? It is star."), answered with the letter. They teach the step every multiple-choice answer
     ends with — find the option that holds what the model knows and say its letter — which video answers alone
     teach too slowly: the letter loss sits at chance for hundreds of steps while the open-ended answers are
-    learned."""
+    learned. With ``name_then_letter`` the answer names the option first (``"star: B"``), as the video answers do
+    then."""
     sequences, turn_lists = [], []
     while len(sequences) < batch_size:
         question = video_question(sample_video(rng, num_frames=VIDEO_FRAMES), str(rng.choice(VIDEO_QUESTION_KINDS)),
                                   rng)
         if question is not None:
             prompt = videomme_prompt(f"{question.question} It is {option_text(question)}.", question.options)
-            turn_lists.append([(prompt, question.answer)])
+            answer = f"{option_text(question)}: {question.answer}" if name_then_letter else question.answer
+            turn_lists.append([(prompt, answer)])
             sequences.append(encode_conversation(tokenizer, turn_lists[-1], 0))
     return {**pad_right(sequences, tokenizer.pad_token_id), **option_targets(tokenizer, sequences, turn_lists)}
 
@@ -259,7 +266,8 @@ def initialise(model: Any, folder: Path) -> None:
 def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr: float, seed: int,
           eval_every: int, save_every: int = 0, train_vision: bool = False, letter_warmup: int = 300,
           letter_batch_size: int = 16, balanced_kinds: bool = False, short_video_steps: int = 0,
-          option_probe: bool = False, causal_targets: bool = False, multiple_choice: float = 0.5) -> dict:
+          option_probe: bool = False, causal_targets: bool = False, multiple_choice: float = 0.5,
+          name_then_letter: bool = False, named_letters: bool = False) -> dict:
     """Train and save to ``out``; returns the run's summary (also written to ``out/training.json``).
 
     First ``letter_warmup`` steps on :func:`letter_batch` alone (64 questions a step, a few minutes), then
@@ -290,8 +298,8 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     warmup_history, warmup_minutes = [], 0.0
     if letter_warmup:
         warmup_history, warmup_minutes = train_loop(
-            model, parameters + option_parameters, lambda: letter_batch(tokenizer, rng, 64), letter_losses,
-            steps=letter_warmup, lr=lr, out=out)
+            model, parameters + option_parameters, lambda: letter_batch(tokenizer, rng, 64, named_letters),
+            letter_losses, steps=letter_warmup, lr=lr, out=out)
 
     def losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         shapes, flags = batch.pop("token_shapes"), batch.pop("token_flags")
@@ -302,7 +310,7 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
                                                                shapes, flags),
                  **option_loss(targets, output)}
         if letter_batch_size:
-            parts.update(letter_losses(letter_batch(tokenizer, rng, letter_batch_size)))
+            parts.update(letter_losses(letter_batch(tokenizer, rng, letter_batch_size, named_letters)))
         return parts
 
     video_steps = 0
@@ -315,7 +323,7 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     history, minutes = train_loop(
         model, parameters + list(probe.parameters()) + option_parameters,
         lambda: make_batch(processor, rng, batch_size, num_turns, balanced_kinds, next_frames(), causal_targets,
-                           multiple_choice),
+                           multiple_choice, name_then_letter),
         losses, steps=steps, lr=lr, out=out,
         evaluate=lambda step: {f"quick_{kind}": score for kind, score in
                               quick_videomme_accuracy(model, processor, seed=20_000 + step).items()},
@@ -327,11 +335,33 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
                "letter_batch_size": letter_batch_size, "balanced_kinds": balanced_kinds,
                "short_video_steps": short_video_steps, "option_probe": option_probe,
                "causal_targets": causal_targets, "multiple_choice": multiple_choice,
+               "name_then_letter": name_then_letter, "named_letters": named_letters,
                "wall_minutes": round(warmup_minutes + minutes, 1),
                "quick_videomme_acc_heldout": final, "parameters": sum(p.numel() for p in model.parameters()),
                "letter_warmup_history": warmup_history, "history": history}
     save_model(model, processor, out, summary)
     return summary
+
+
+#: The bundled weights' recipe, rounds each continuing the one before (the first from ``shapes-image``): causal
+#: token targets on answerable videos, then the option probe with a short letter warm-up at a lower learning rate,
+#: then ever more of the video questions asked with four options, then four-option answers that name the option
+#: before its letter (the letter questions too, in the last two rounds).
+BUNDLED_ROUNDS = (
+    {"steps": 1500, "lr": 5e-4, "letter_warmup": 300},
+    {"steps": 500, "lr": 3e-4, "letter_warmup": 50, "option_probe": True},
+    {"steps": 400, "lr": 3e-4, "letter_warmup": 0, "option_probe": True, "multiple_choice": 0.8},
+    {"steps": 400, "lr": 3e-4, "letter_warmup": 0, "option_probe": True, "multiple_choice": 1.0},
+    {"steps": 400, "lr": 3e-4, "letter_warmup": 0, "option_probe": True, "multiple_choice": 1.0},
+    {"steps": 400, "lr": 3e-4, "letter_warmup": 0, "option_probe": True, "multiple_choice": 1.0,
+     "name_then_letter": True},
+    {"steps": 400, "lr": 3e-4, "letter_warmup": 50, "option_probe": True, "multiple_choice": 1.0,
+     "name_then_letter": True, "named_letters": True},
+    {"steps": 400, "lr": 3e-4, "letter_warmup": 0, "option_probe": True, "multiple_choice": 1.0,
+     "name_then_letter": True, "named_letters": True},
+)
+#: What every round of :data:`BUNDLED_ROUNDS` shares.
+BUNDLED_COMMON = {"balanced_kinds": True, "causal_targets": True, "seed": 0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,14 +394,38 @@ def main(argv: list[str] | None = None) -> int:
                              "(CAUSAL_TRACK_FLAGS) instead of over the whole video")
     parser.add_argument("--multiple-choice", type=float, default=0.5,
                         help="share of video questions asked with four options and answered with a letter")
+    parser.add_argument("--name-then-letter", action="store_true",
+                        help="four-option video answers name the option, then give its letter (\"star: B\"), "
+                             "which Video-MME's letter extraction reads as B")
+    parser.add_argument("--named-letters", action="store_true",
+                        help="the text-only letter questions are answered the same way (\"star: B\")")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--recipe", choices=["bundled"], default=None,
+                        help="run the bundled weights' whole recipe (rounds from --init, see BUNDLED_ROUNDS); "
+                             "the options each round sets are then refused")
+    parser.add_argument("--keep-rounds", action="store_true",
+                        help="with --recipe: keep each round's model in OUT/round-N")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.recipe == "bundled":
+        set_by_recipe = {key for stage in BUNDLED_ROUNDS for key in stage} | set(BUNDLED_COMMON)
+        flags = {"causal_targets": "causal_token_targets", "num_turns": "turns"}
+        changed = sorted(f"--{flags.get(key, key).replace('_', '-')}" for key in set_by_recipe
+                         if getattr(args, flags.get(key, key)) != parser.get_default(flags.get(key, key)))
+        if changed:
+            parser.error(f"--recipe bundled sets {', '.join(changed)} itself; leave them out")
+        summary = train_in_rounds(train, Path(args.out), BUNDLED_ROUNDS, Path(args.init), args.keep_rounds,
+                                  **BUNDLED_COMMON, batch_size=args.batch_size, num_turns=args.turns,
+                                  eval_every=args.eval_every, save_every=args.save_every,
+                                  train_vision=args.train_vision, letter_batch_size=args.letter_batch_size,
+                                  short_video_steps=args.short_video_steps)
+        print(json.dumps({k: v for k, v in summary.items() if "history" not in k}))
+        return 0
     summary = train(Path(args.out), Path(args.init), args.steps, args.batch_size, args.turns, args.lr, args.seed,
                     args.eval_every, args.save_every, args.train_vision, args.letter_warmup, args.letter_batch_size,
                     args.balanced_kinds, args.short_video_steps, args.option_probe, args.causal_token_targets,
-                    args.multiple_choice)
+                    args.multiple_choice, args.name_then_letter, args.named_letters)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 

@@ -117,3 +117,32 @@ def save_model(model: Any, processor: Any, out: Path, summary: dict) -> None:
     if (out / "checkpoint").is_dir():
         shutil.rmtree(out / "checkpoint")
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def train_in_rounds(train: Callable[..., dict], out: Path, rounds: tuple[dict, ...], first_init: Path | None = None,
+                    keep_rounds: bool = False, **common: Any) -> dict:
+    """Run ``train(folder, init=..., **common, **round)`` for each of ``rounds`` in turn, each continuing the
+    previous one (the first from ``first_init``), saving round N to ``out/round-N`` and the last to ``out``.
+
+    A round whose folder already holds a ``training.json`` is not run again, so a stopped recipe resumes at the round
+    it was in. The summary of each round (without its step logs) is kept in ``out/training.json`` under ``"rounds"``,
+    with ``"wall_minutes_all_rounds"``; the rounds' folders are removed at the end unless ``keep_rounds``."""
+    init, summaries = first_init, []
+    for index, round_args in enumerate(rounds):
+        last = index == len(rounds) - 1
+        folder = out if last else out / f"round-{index + 1}"
+        done = folder / "training.json"
+        if done.is_file() and not last:
+            summary = json.loads(done.read_text())
+        else:
+            summary = train(folder, init=init, **{**common, **round_args})
+        summaries.append({k: v for k, v in summary.items()
+                          if not k.endswith("history") and k not in ("rounds", "wall_minutes_all_rounds")})
+        init = folder
+    summary["rounds"] = summaries
+    summary["wall_minutes_all_rounds"] = round(sum(s["wall_minutes"] for s in summaries), 1)
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not keep_rounds:
+        for index in range(len(rounds) - 1):
+            shutil.rmtree(out / f"round-{index + 1}")
+    return summary

@@ -42,8 +42,8 @@ def test_shapes_image_answers_existence_questions_above_chance():
 
 
 def test_shapes_video_counts_objects_over_time_above_chance():
-    # Counting is the one temporal skill shapes-video has learned so far (see its model card); the others sit near
-    # chance, so this check asks "how many objects appear in the video in total?" only.
+    # Counting is shapes-video's best temporal skill (61 % held out against 37-52 % for the other kinds; see its model
+    # card), so this quick check asks "how many objects appear in the video in total?" only.
     model, processor = load("shapes-video")
     rng = np.random.default_rng(654_321)
     correct = 0
@@ -51,7 +51,7 @@ def test_shapes_video_counts_objects_over_time_above_chance():
         video = sample_video(rng)
         question = video_questions(video, rng, count=1, first="count")[0]
         answer = answer_video_question(model, processor, render_video(video, seed=1), question.question,
-                                       question.options, max_new_tokens=4)
+                                       question.options, max_new_tokens=8)  # answers read " 3: C"
         correct += answer == question.answer
     assert correct / 24 >= 0.45, correct  # chance is 0.25
 

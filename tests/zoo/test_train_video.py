@@ -43,6 +43,35 @@ def test_turns_answer_with_the_letter_or_the_option_text():
             assert prompt.startswith(question.question) and answer == option_text(question)
 
 
+def test_named_answers_give_the_option_then_its_letter_and_the_official_extraction_reads_it():
+    from mmaccel.eval.videomme import extract_answer_letter
+    from mmaccel.zoo.world.video_tasks import answer_letter
+
+    rng = np.random.default_rng(4)
+    kinds = set()
+    for _ in range(40):
+        _, questions = sample_questions(rng, 3)
+        for question, (prompt, answer) in zip(questions, video_qa_turns(questions, rng, 1.0, name_then_letter=True),
+                                              strict=True):
+            kinds.add(question.kind)
+            assert prompt.startswith("Select the best answer")
+            assert answer == f"{option_text(question)}: {question.answer}"
+            assert extract_answer_letter(answer) == answer_letter(answer) == question.answer
+    assert len(kinds) == 6
+    assert answer_letter("B") == "B" and answer_letter("star") is None and answer_letter("3") is None
+
+
+def test_named_letter_questions_answer_the_stated_option_then_its_letter():
+    tokenizer = shapes_video_processor().tokenizer
+    batch = letter_batch(tokenizer, np.random.default_rng(2), 6, name_then_letter=True)
+    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        text = tokenizer.decode(ids[labels == -100], skip_special_tokens=True)
+        answer = tokenizer.decode(labels[labels != -100], skip_special_tokens=True).strip()
+        stated = text.split(" It is ")[1].split(".")[0]
+        name, letter = answer.split(": ")
+        assert name == stated and f"\n{letter}. {stated}.\n" in text
+
+
 def test_batch_shapes():
     processor = shapes_video_processor()
     batch = make_batch(processor, np.random.default_rng(0), batch_size=2, num_turns=2)
@@ -206,3 +235,47 @@ def test_the_share_of_four_option_questions_is_chosen():
         letters = processor.tokenizer.decode(answers)
         asked = int((batch["option_answers"] != -100).sum())
         assert (asked == 4) == expected and (asked == 0) == (not expected), (share, asked, letters)
+
+
+def test_option_targets_find_the_letter_of_named_answers():
+    processor = shapes_video_processor()
+    plain = make_batch(processor, np.random.default_rng(6), batch_size=2, num_turns=3, multiple_choice=1.0)
+    named = make_batch(processor, np.random.default_rng(6), batch_size=2, num_turns=3, multiple_choice=1.0,
+                       name_then_letter=True)
+    assert torch.equal(plain["option_answers"], named["option_answers"])
+    assert (named["option_answers"] != -100).sum() >= 2
+    assert ": " in processor.tokenizer.decode(named["labels"][named["labels"] != -100])
+
+
+def test_the_bundled_recipe_runs_its_rounds_from_the_image_model(tmp_path, monkeypatch):
+    import json
+
+    from mmaccel.zoo import train_video
+    from mmaccel.zoo.reference import WEIGHTS_DIR
+
+    calls = []
+
+    def fake_train(out, init=None, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        calls.append((out, init, kwargs))
+        return {"wall_minutes": 1.0, "steps": kwargs["steps"], "history": []}
+
+    monkeypatch.setattr(train_video, "train", fake_train)
+    assert train_video.main(["--recipe", "bundled", "--out", str(tmp_path / "m"), "--batch-size", "2"]) == 0
+    assert len(calls) == len(train_video.BUNDLED_ROUNDS)
+    assert calls[0][1] == WEIGHTS_DIR / "shapes-image" and calls[1][1] == tmp_path / "m" / "round-1"
+    for (_, _, kwargs), stage in zip(calls, train_video.BUNDLED_ROUNDS, strict=True):
+        assert kwargs["batch_size"] == 2 and kwargs["causal_targets"] and kwargs["balanced_kinds"]
+        assert {key: kwargs[key] for key in stage} == stage
+    saved = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert saved["wall_minutes_all_rounds"] == len(train_video.BUNDLED_ROUNDS)
+
+
+def test_the_bundled_recipe_refuses_the_options_it_sets(tmp_path, capsys):
+    import pytest
+
+    from mmaccel.zoo import train_video
+
+    with pytest.raises(SystemExit):
+        train_video.main(["--recipe", "bundled", "--out", str(tmp_path), "--steps", "10", "--option-probe"])
+    assert "--option-probe, --steps" in capsys.readouterr().err

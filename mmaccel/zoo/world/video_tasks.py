@@ -33,7 +33,6 @@ VIDEO_QUESTION_KINDS = ("first", "last", "moved", "left", "count", "change")
 TASK_TYPES = {"first": "Temporal Reasoning", "last": "Temporal Reasoning", "moved": "Action Recognition",
               "left": "Temporal Perception", "count": "Counting Problem", "change": "Attribute Perception"}
 LETTERS = "ABCD"
-#: lmms-eval's ``videomme`` prompt around the question and its options (kept word for word, "subtitles" included).
 
 
 @dataclass(frozen=True)
@@ -62,17 +61,26 @@ def option_text(question: VideoQuestion) -> str:
     return match.group(1)
 
 
-def video_qa_turns(questions: list[VideoQuestion], rng: np.random.Generator,
-                   multiple_choice: float = 0.5) -> list[tuple[str, str]]:
-    """(prompt, answer) pairs: each question as lmms-eval's Video-MME prompt (answer: the letter) with probability
-    ``multiple_choice``, otherwise open-ended with the short-answer post-prompt (answer: the option's text)."""
+def video_qa_turns(questions: list[VideoQuestion], rng: np.random.Generator, multiple_choice: float = 0.5,
+                   name_then_letter: bool = False) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs: each question as lmms-eval's Video-MME prompt (answer: the letter, or with
+    ``name_then_letter`` the option's text and then its letter, ``"star: B"``) with probability ``multiple_choice``,
+    otherwise open-ended with the short-answer post-prompt (answer: the option's text)."""
     turns = []
     for question in questions:
         if rng.random() < multiple_choice:
-            turns.append((videomme_prompt(question.question, question.options), question.answer))
+            answer = f"{option_text(question)}: {question.answer}" if name_then_letter else question.answer
+            turns.append((videomme_prompt(question.question, question.options), answer))
         else:
             turns.append((question.question + SHORT_ANSWER_PROMPT, option_text(question)))
     return turns
+
+
+def answer_letter(answer: str) -> str | None:
+    """The letter a four-option answer of :func:`video_qa_turns` gives (``"B"`` for ``"B"`` or ``"star: B"``), or
+    None for an open-ended answer (option texts are lower-case words and numbers)."""
+    last = answer.split()[-1] if answer.strip() else ""
+    return last if last in LETTERS else None
 
 
 def _unique_track(tracks: list[Track], video: VideoScene) -> Track | None:
