@@ -272,7 +272,8 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
 
     First ``letter_warmup`` steps on :func:`letter_batch` alone (64 questions a step, a few minutes), then
     ``steps`` steps on videos, each also with ``letter_batch_size`` text-only letter questions; the first
-    ``short_video_steps`` of them show videos of 3 or 4 frames (drawn per batch), a curriculum."""
+    ``short_video_steps`` of them show videos of 3 or 4 frames (drawn per batch), a curriculum. ``name_then_letter``:
+    four-option video answers name the option before its letter; ``named_letters``: the letter questions too."""
     torch.manual_seed(seed)
     model, processor = build_shapes_video(seed)
     initialise(model, init)

@@ -59,6 +59,7 @@ def test_named_answers_give_the_option_then_its_letter_and_the_official_extracti
             assert extract_answer_letter(answer) == answer_letter(answer) == question.answer
     assert len(kinds) == 6
     assert answer_letter("B") == "B" and answer_letter("star") is None and answer_letter("3") is None
+    assert answer_letter("") is None and answer_letter("AB") is None
 
 
 def test_named_letter_questions_answer_the_stated_option_then_its_letter():

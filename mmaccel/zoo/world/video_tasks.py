@@ -79,8 +79,8 @@ def video_qa_turns(questions: list[VideoQuestion], rng: np.random.Generator, mul
 def answer_letter(answer: str) -> str | None:
     """The letter a four-option answer of :func:`video_qa_turns` gives (``"B"`` for ``"B"`` or ``"star: B"``), or
     None for an open-ended answer (option texts are lower-case words and numbers)."""
-    last = answer.split()[-1] if answer.strip() else ""
-    return last if last in LETTERS else None
+    words = answer.split()
+    return words[-1] if words and words[-1] in tuple(LETTERS) else None
 
 
 def _unique_track(tracks: list[Track], video: VideoScene) -> Track | None:
