@@ -35,6 +35,7 @@ from .world.video_tasks import (
     VIDEO_QUESTION_KINDS,
     VideoQuestion,
     answer_letter,
+    four_option_answer,
     option_text,
     sample_answerable_video,
     video_qa_turns,
@@ -48,8 +49,8 @@ def sample_questions(rng: np.random.Generator, num_turns: int, first: str | None
     """A fresh video and up to ``num_turns`` questions of different kinds about it (at least one), the first kind
     ``first`` or drawn uniformly. With ``first`` given or ``answerable``, the video is drawn to answer that kind, as
     the held-out set is built (:func:`~mmaccel.zoo.world.video_tasks.sample_answerable_video`); otherwise any video
-    is drawn and a kind it cannot answer gives way to the others (the bundled model's recipe, which asks the rarely
-    answerable kinds — moved, left, change — less often than the held-out set does)."""
+    is drawn and a kind it cannot answer gives way to the others (the previous bundled model's recipe, which asks the
+    rarely answerable kinds — moved, left, change — less often than the held-out set does)."""
     if first is None and not answerable:
         video = sample_video(rng, num_frames=num_frames)
         return video, video_questions(video, rng, count=num_turns, first=str(rng.choice(VIDEO_QUESTION_KINDS)))
@@ -107,8 +108,7 @@ def option_targets(tokenizer: Any, sequences: list[tuple[list[int], list[int]]],
             while end < len(ids) and ids[end:end + 1] != newline:
                 end += 1
             ends.append(end - 1)
-        answers = [LETTERS.index(letter) for letter in map(answer_letter, (answer for _, answer in turns))
-                   if letter is not None]
+        answers = [LETTERS.index(letter) for _, answer in turns if (letter := answer_letter(answer)) is not None]
         if len(ends) != 4 * len(answers):
             raise ValueError(f"found {len(ends)} option lines for {len(answers)} four-option questions")
         ends_per_row.append([ends[i:i + 4] for i in range(0, len(ends), 4)])
@@ -124,7 +124,7 @@ def option_targets(tokenizer: Any, sequences: list[tuple[list[int], list[int]]],
 
 
 #: What :func:`token_targets` tells about the object under a visual token by default: one flag per temporal question
-#: kind, over the whole video (the bundled model's targets).
+#: kind, over the whole video (the previous bundled model's targets).
 TRACK_FLAGS = ("first to appear", "last to appear", "moves", "leaves", "changes colour")
 #: What it tells with ``causal=True``: from the frames up to the token's own only.
 CAUSAL_TRACK_FLAGS = ("first to appear", "appears in this frame", "has moved", "has changed colour")
@@ -223,8 +223,7 @@ def letter_batch(tokenizer: Any, rng: np.random.Generator, batch_size: int,
                                   rng)
         if question is not None:
             prompt = videomme_prompt(f"{question.question} It is {option_text(question)}.", question.options)
-            answer = f"{option_text(question)}: {question.answer}" if name_then_letter else question.answer
-            turn_lists.append([(prompt, answer)])
+            turn_lists.append([(prompt, four_option_answer(question, name_then_letter))])
             sequences.append(encode_conversation(tokenizer, turn_lists[-1], 0))
     return {**pad_right(sequences, tokenizer.pad_token_id), **option_targets(tokenizer, sequences, turn_lists)}
 
@@ -385,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="text-only letter questions added to every video step (0: none)")
     parser.add_argument("--balanced-kinds", action="store_true",
                         help="draw each conversation's video to answer its first question's kind, as the held-out "
-                             "set is built (the bundled model was trained without)")
+                             "set is built (the previous bundled model was trained without)")
     parser.add_argument("--short-video-steps", type=int, default=0,
                         help="the first video steps that show 3- or 4-frame videos (a curriculum; 0: none)")
     parser.add_argument("--option-probe", action="store_true",
@@ -411,9 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.recipe == "bundled":
         set_by_recipe = {key for stage in BUNDLED_ROUNDS for key in stage} | set(BUNDLED_COMMON)
-        flags = {"causal_targets": "causal_token_targets", "num_turns": "turns"}
-        changed = sorted(f"--{flags.get(key, key).replace('_', '-')}" for key in set_by_recipe
-                         if getattr(args, flags.get(key, key)) != parser.get_default(flags.get(key, key)))
+        option_names = {"causal_targets": "causal_token_targets", "num_turns": "turns"}
+        dests = {option_names.get(key, key) for key in set_by_recipe}
+        changed = sorted(f"--{dest.replace('_', '-')}" for dest in dests
+                         if getattr(args, dest) != parser.get_default(dest))
         if changed:
             parser.error(f"--recipe bundled sets {', '.join(changed)} itself; leave them out")
         summary = train_in_rounds(train, Path(args.out), BUNDLED_ROUNDS, Path(args.init), args.keep_rounds,

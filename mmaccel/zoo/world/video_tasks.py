@@ -69,15 +69,21 @@ def video_qa_turns(questions: list[VideoQuestion], rng: np.random.Generator, mul
     turns = []
     for question in questions:
         if rng.random() < multiple_choice:
-            answer = f"{option_text(question)}: {question.answer}" if name_then_letter else question.answer
-            turns.append((videomme_prompt(question.question, question.options), answer))
+            turns.append((videomme_prompt(question.question, question.options),
+                          four_option_answer(question, name_then_letter)))
         else:
             turns.append((question.question + SHORT_ANSWER_PROMPT, option_text(question)))
     return turns
 
 
+def four_option_answer(question: VideoQuestion, name_then_letter: bool = False) -> str:
+    """The answer to ``question`` asked with its four options: the right letter, or with ``name_then_letter`` the
+    option's text and then its letter (``"star: B"``)."""
+    return f"{option_text(question)}: {question.answer}" if name_then_letter else question.answer
+
+
 def answer_letter(answer: str) -> str | None:
-    """The letter a four-option answer of :func:`video_qa_turns` gives (``"B"`` for ``"B"`` or ``"star: B"``), or
+    """The letter a :func:`four_option_answer` gives (``"B"`` for ``"B"`` or ``"star: B"``), or
     None for an open-ended answer (option texts are lower-case words and numbers)."""
     words = answer.split()
     return words[-1] if words and words[-1] in tuple(LETTERS) else None
