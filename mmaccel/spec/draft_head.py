@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
@@ -43,6 +44,7 @@ class DraftHead(nn.Module):
         hidden = config.hidden_size
         self.fc = nn.Linear(2 * hidden, hidden)
         self.layer = type(adapter.decoder_layers[0])(config, layer_idx=0)
+        self.lean = False  # run the layer written out (_lean_layer) when drafting; see use_lean_layer
 
     def forward(self, adapter: Any, features: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor,
                 visual: torch.Tensor | None = None, cache: DynamicCache | None = None,
@@ -65,8 +67,60 @@ class DraftHead(nn.Module):
             rows = torch.arange(length, device=inputs.device)[:, None] + past
             mask = (torch.arange(past + length, device=inputs.device)[None, :] <= rows)[None, None]
         rotary = adapter.language_model.rotary_emb(inputs, position_ids=positions)
+        if self.lean and cache is not None and not torch.is_grad_enabled():
+            return self._lean_layer(inputs, rotary, cache, mask)
         return self.layer(inputs, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None,
                           position_embeddings=rotary)
+
+    def _lean_layer(self, inputs: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], cache: DynamicCache,
+                    mask: torch.Tensor | None) -> torch.Tensor:
+        """The decoder layer's own computation (pre-norm attention over the cache, then the MLP) written out with
+        the layer's modules: a draft step of a one-layer head is mostly the per-call overhead of transformers'
+        attention wrappers, which this skips (the drafted tokens only decide the speed, never the output)."""
+        attention = self.layer.self_attn
+        batch, length, _ = inputs.shape
+        normed = self.layer.input_layernorm(inputs)
+        shape = (batch, length, -1, attention.head_dim)
+        query = attention.q_proj(normed).view(shape).transpose(1, 2)
+        key = attention.k_proj(normed).view(shape).transpose(1, 2)
+        value = attention.v_proj(normed).view(shape).transpose(1, 2)
+        cos, sin = rotary
+        query, key = _rotate(query, cos, sin), _rotate(key, cos, sin)
+        key, value = cache.update(key, value, 0)
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attention.scaling,
+                                                  enable_gqa=key.shape[1] != query.shape[1])
+        hidden = inputs + attention.o_proj(attended.transpose(1, 2).reshape(batch, length, -1))
+        return hidden + self.layer.mlp(self.layer.post_attention_layernorm(hidden))
+
+    def use_lean_layer(self, adapter: Any) -> bool:
+        """Turn on the written-out layer for drafting where the layer has the modules it uses and nothing more
+        (no per-head norms, no sliding window) and it gives the layer's own outputs on a probe (a prompt, then
+        one more token, through a cache); returns whether it is on."""
+        attention = getattr(self.layer, "self_attn", None)
+        needed = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
+        extra = ("q_norm", "k_norm")
+        self.lean = False
+        if (attention is None or not all(hasattr(attention, name) for name in needed)
+                or any(hasattr(attention, name) for name in extra) or getattr(attention, "sliding_window", None)
+                or not all(hasattr(self.layer, name) for name in ("input_layernorm", "post_attention_layernorm",
+                                                                    "mlp"))):
+            return False
+        parameter = self.fc.weight
+        generator = torch.Generator().manual_seed(0)
+        features = torch.randn(1, 6, parameter.shape[0], generator=generator).to(parameter)
+        tokens = torch.randint(0, adapter.model.get_input_embeddings().num_embeddings, (1, 6), generator=generator)
+        tokens, positions = tokens.to(parameter.device), torch.arange(6, device=parameter.device)[None]
+        outputs = []
+        with torch.no_grad():
+            for lean in (False, True):
+                self.lean, cache = lean, DynamicCache()
+                first = self(adapter, features[:, :5], tokens[:, :5], positions[:, :5], cache=cache)
+                outputs.append(torch.cat([first, self(adapter, features[:, 5:], tokens[:, 5:], positions[:, 5:],
+                                                      cache=cache)], dim=1).float())
+        scale = float(outputs[0].abs().max()) + 1e-6
+        tolerance = 1e-4 if parameter.dtype == torch.float32 else 2e-2
+        self.lean = bool((outputs[0] - outputs[1]).abs().max() <= tolerance * scale)
+        return self.lean
 
     def save(self, folder: str | Path) -> Path:
         """Write the head's weights to ``folder/draft_head.safetensors``."""
@@ -84,6 +138,15 @@ class DraftHead(nn.Module):
         head = cls(adapter)
         head.load_state_dict(load_file(str(path)))
         return head
+
+
+def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of ``states`` ``(B, heads, L, d)`` by ``cos``/``sin`` ``(B, L, d)`` (halves
+    rotated, as the Llama family does)."""
+    cos, sin = cos[:, None], sin[:, None]
+    half = states.shape[-1] // 2
+    rotated = torch.cat([-states[..., half:], states[..., :half]], dim=-1)
+    return states * cos + rotated * sin
 
 
 def visual_embeddings(adapter: Any, input_ids: torch.Tensor, features: dict[str, list[torch.Tensor]]
