@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return eval_run(args)
         if args.command == "presets":
+            width = max(map(len, PRESETS)) + 1
             for name, preset in PRESETS.items():
-                print(f"{name:<12} {preset['description']}")
+                print(f"{name:<{width}} {preset['description']}")
             return 0
         if args.command == "config":
             config = AccelConfig.load(args.file) if args.file else AccelConfig.preset(args.preset)

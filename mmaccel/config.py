@@ -379,6 +379,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "themselves.",
         "config": {"spec": {"method": "prompt_lookup"}},
     },
+    "speculative_head": {
+        "description": "Lossless speculative decoding (batch 1) with an MSD-style draft head: one decoder layer over "
+                       "the model's last hidden state drafts up to 8 tokens, verified in one forward; the same "
+                       "output as the model. Needs draft_head.safetensors beside the model (the bundled models have "
+                       "one; python -m mmaccel.spec.train trains one).",
+        "config": {"spec": {"method": "draft_head"}},
+    },
     "stream": {
         "description": "For mmaccel.stream sessions, the demo and eval of videos: VideoScan-style carrier tokens; "
                        "once a frame is prefilled only its carrier token stays in the cache, at most 64 frames "

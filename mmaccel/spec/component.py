@@ -61,7 +61,6 @@ class SpeculativeDecoding:
             folder = self.config.head or getattr(model.config, "_name_or_path", "")
             self._head = DraftHead.load(state.adapter, folder).to(next(model.parameters()).device,
                                                                   next(model.parameters()).dtype).eval()
-            self._head.use_lean_layer(state.adapter)
         if self.config.method == "draft_model":
             self._drafter = state.drafter if state.drafter is not None else self._load_drafter(model)
             self._check_family(model, state)

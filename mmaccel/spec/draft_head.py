@@ -10,6 +10,10 @@ predictions, autoregressively, with its own KV cache.
 :class:`DraftHeadCandidates` plugs it into transformers' assisted decoding (it asks the target for its hidden states
 through ``model_kwargs_overrides``), keeping the head's cache in step with what the target verified: positions
 whose real feature is known are fed once; drafted positions are cropped after each verification.
+
+Row ``t`` of the head carries token ``t + 1`` and sits at that token's position (:func:`head_positions`): on M-RoPE
+families (Qwen2-VL, Qwen2.5-VL, Qwen2.5-Omni) the prompt's 3-D positions, visual grids included, then decode's
+shifted text positions, as the target has them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
@@ -36,20 +39,17 @@ class DraftHead(nn.Module):
 
     def __init__(self, adapter: Any):
         super().__init__()
-        if adapter.multimodal_rope:
-            raise ValueError("the draft head supports 1-D RoPE families (LLaVA, VideoLLaMA3) for now; "
-                             f"got {adapter.model.config.model_type!r}")
         config = copy.deepcopy(adapter.text_config)
         config._attn_implementation = "sdpa"
         hidden = config.hidden_size
         self.fc = nn.Linear(2 * hidden, hidden)
         self.layer = type(adapter.decoder_layers[0])(config, layer_idx=0)
-        self.lean = False  # run the layer written out (_lean_layer) when drafting; see use_lean_layer
 
     def forward(self, adapter: Any, features: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor,
                 visual: torch.Tensor | None = None, cache: DynamicCache | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted next features ``(B, L, h)`` for inputs at ``positions`` ``(B, L)``: ``features`` ``(B, L, h)``
+        """Predicted next features ``(B, L, h)`` for inputs at ``positions`` (``(B, L)``; M-RoPE families: their
+        ``(3, B, L)`` temporal, height and width positions): ``features`` ``(B, L, h)``
         the target's (or predicted) features there, ``next_tokens`` ``(B, L)`` the following tokens; ``visual``
         ``(B, L, h)`` with NaN rows where the position is not visual, replaces the fused input elsewhere. ``mask``
         ``(L, cached + L)``, True where a row may attend, replaces the causal mask over the cache and the new rows
@@ -67,60 +67,9 @@ class DraftHead(nn.Module):
             rows = torch.arange(length, device=inputs.device)[:, None] + past
             mask = (torch.arange(past + length, device=inputs.device)[None, :] <= rows)[None, None]
         rotary = adapter.language_model.rotary_emb(inputs, position_ids=positions)
-        if self.lean and cache is not None and not torch.is_grad_enabled():
-            return self._lean_layer(inputs, rotary, cache, mask)
-        return self.layer(inputs, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None,
-                          position_embeddings=rotary)
-
-    def _lean_layer(self, inputs: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], cache: DynamicCache,
-                    mask: torch.Tensor | None) -> torch.Tensor:
-        """The decoder layer's own computation (pre-norm attention over the cache, then the MLP) written out with
-        the layer's modules: a draft step of a one-layer head is mostly the per-call overhead of transformers'
-        attention wrappers, which this skips (the drafted tokens only decide the speed, never the output)."""
-        attention = self.layer.self_attn
-        batch, length, _ = inputs.shape
-        normed = self.layer.input_layernorm(inputs)
-        shape = (batch, length, -1, attention.head_dim)
-        query = attention.q_proj(normed).view(shape).transpose(1, 2)
-        key = attention.k_proj(normed).view(shape).transpose(1, 2)
-        value = attention.v_proj(normed).view(shape).transpose(1, 2)
-        cos, sin = rotary
-        query, key = _rotate(query, cos, sin), _rotate(key, cos, sin)
-        key, value = cache.update(key, value, 0)
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attention.scaling,
-                                                  enable_gqa=key.shape[1] != query.shape[1])
-        hidden = inputs + attention.o_proj(attended.transpose(1, 2).reshape(batch, length, -1))
-        return hidden + self.layer.mlp(self.layer.post_attention_layernorm(hidden))
-
-    def use_lean_layer(self, adapter: Any) -> bool:
-        """Turn on the written-out layer for drafting where the layer has the modules it uses and nothing more
-        (no per-head norms, no sliding window) and it gives the layer's own outputs on a probe (a prompt, then
-        one more token, through a cache); returns whether it is on."""
-        attention = getattr(self.layer, "self_attn", None)
-        needed = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
-        extra = ("q_norm", "k_norm")
-        self.lean = False
-        if (attention is None or not all(hasattr(attention, name) for name in needed)
-                or any(hasattr(attention, name) for name in extra) or getattr(attention, "sliding_window", None)
-                or not all(hasattr(self.layer, name) for name in ("input_layernorm", "post_attention_layernorm",
-                                                                    "mlp"))):
-            return False
-        parameter = self.fc.weight
-        generator = torch.Generator().manual_seed(0)
-        features = torch.randn(1, 6, parameter.shape[0], generator=generator).to(parameter)
-        tokens = torch.randint(0, adapter.model.get_input_embeddings().num_embeddings, (1, 6), generator=generator)
-        tokens, positions = tokens.to(parameter.device), torch.arange(6, device=parameter.device)[None]
-        outputs = []
-        with torch.no_grad():
-            for lean in (False, True):
-                self.lean, cache = lean, DynamicCache()
-                first = self(adapter, features[:, :5], tokens[:, :5], positions[:, :5], cache=cache)
-                outputs.append(torch.cat([first, self(adapter, features[:, 5:], tokens[:, 5:], positions[:, 5:],
-                                                      cache=cache)], dim=1).float())
-        scale = float(outputs[0].abs().max()) + 1e-6
-        tolerance = 1e-4 if parameter.dtype == torch.float32 else 2e-2
-        self.lean = bool((outputs[0] - outputs[1]).abs().max() <= tolerance * scale)
-        return self.lean
+        text_positions = positions if positions.dim() == 2 else None  # (the layers take M-RoPE's through rotary)
+        return self.layer(inputs, attention_mask=mask, position_ids=text_positions, cache=cache,
+                          use_cache=cache is not None, position_embeddings=rotary)
 
     def save(self, folder: str | Path) -> Path:
         """Write the head's weights to ``folder/draft_head.safetensors``."""
@@ -138,15 +87,6 @@ class DraftHead(nn.Module):
         head = cls(adapter)
         head.load_state_dict(load_file(str(path)))
         return head
-
-
-def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of ``states`` ``(B, heads, L, d)`` by ``cos``/``sin`` ``(B, L, d)`` (halves
-    rotated, as the Llama family does)."""
-    cos, sin = cos[:, None], sin[:, None]
-    half = states.shape[-1] // 2
-    rotated = torch.cat([-states[..., half:], states[..., :half]], dim=-1)
-    return states * cos + rotated * sin
 
 
 def visual_embeddings(adapter: Any, input_ids: torch.Tensor, features: dict[str, list[torch.Tensor]]
@@ -179,6 +119,33 @@ def encoder_features(model: Any, inputs: dict[str, Any]) -> dict[str, list[torch
     return features
 
 
+def prompt_rope_positions(adapter: Any, input_ids: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor | None:
+    """``(3, 1, L)``: the temporal, height and width positions of an M-RoPE target's prompt ``input_ids`` (batch 1),
+    as its prefill sees them (``inputs`` holds the grids and ``mm_token_type_ids``); ``None`` for 1-D RoPE."""
+    if not adapter.multimodal_rope:
+        return None
+    given = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    return adapter.position_ids(input_ids, inputs.get("attention_mask"), **given)[1:]
+
+
+def head_positions(prompt_rope: torch.Tensor | None, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """The positions of the head's rows ``start..stop - 1``. Row ``t`` carries token ``t + 1`` (its embedding, or
+    its visual embedding) and sits at that token's position: ``(1, n)`` for 1-D RoPE; with ``prompt_rope``
+    (:func:`prompt_rope_positions`) ``(3, 1, n)``, the prompt's own 3-D positions and, after the prompt, text
+    positions shifted as the target's decode shifts them (by the prompt's largest position + 1 - its length, on
+    all three axes)."""
+    text = torch.arange(start + 1, stop + 1, device=device)[None]
+    if prompt_rope is None:
+        return text
+    prompt = prompt_rope.to(device)
+    length = prompt.shape[-1]
+    after = (text + int(prompt.max()) + 1 - length)[None].expand(3, -1, -1)
+    first = start + 1
+    if first >= length:
+        return after
+    return torch.cat([prompt[..., first:min(stop + 1, length)], after[..., max(0, length - first):]], dim=-1)
+
+
 class DraftHeadCandidates(CandidateGenerator):
     """Drafts up to ``num_tokens`` tokens per step with a :class:`DraftHead` (greedy draft, stopped early where the
     head's probability of its own guess falls under ``min_confidence``, as transformers' assistants do), for
@@ -196,6 +163,7 @@ class DraftHeadCandidates(CandidateGenerator):
         self.fed = 0  # positions whose real feature the head has consumed
         self.forward_start = 0  # first position the target's last forward processed
         self.visual: torch.Tensor | None = None
+        self.prompt_rope: torch.Tensor | None = None  # an M-RoPE target's (3, 1, L) prompt positions
         self._drafted = 0
         self._last_prediction: torch.Tensor | None = None
 
@@ -210,13 +178,14 @@ class DraftHeadCandidates(CandidateGenerator):
             self.visual = visual_embeddings(self.adapter, input_ids, {
                 modality: list(output.pooler_output) for modality, output in encoded.items()
                 if getattr(output, "pooler_output", None) is not None})
+            self.prompt_rope = prompt_rope_positions(self.adapter, input_ids, model_kwargs or {})
             self.forward_start, self._drafted = 0, 0
             return input_ids, None
         features = model_outputs.hidden_states[-1]
         self._crop(self.fed)
         new = range(self.fed, length - 1)  # positions whose feature and next token are both known now
         if len(new):
-            positions = torch.arange(new.start, new.stop, device=input_ids.device)[None]
+            positions = head_positions(self.prompt_rope, new.start, new.stop, input_ids.device)
             known = features[:, new.start - self.forward_start:new.stop - self.forward_start]
             predicted = self.head(self.adapter, known, input_ids[:, new.start + 1:new.stop + 1], positions,
                                   self._visual(new), self.cache)
@@ -241,7 +210,8 @@ class DraftHeadCandidates(CandidateGenerator):
             if self.eos_token_ids is not None and bool(torch.isin(token, self.eos_token_ids.to(token.device))):
                 break
             if step + 1 < count:
-                position = torch.tensor([[input_ids.shape[1] - 1 + step]], device=input_ids.device)
+                at = input_ids.shape[1] - 1 + step
+                position = head_positions(self.prompt_rope, at, at + 1, input_ids.device)
                 predicted = self.head(self.adapter, predicted[:, -1:], token, position, None, self.cache)
         return torch.cat(tokens, dim=1) if tokens else input_ids.new_empty((1, 0))
 

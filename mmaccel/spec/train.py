@@ -24,7 +24,7 @@ import torch
 from transformers import DynamicCache
 
 from ..adapters import get_adapter
-from .draft_head import DraftHead, encoder_features, visual_embeddings
+from .draft_head import DraftHead, encoder_features, head_positions, prompt_rope_positions, visual_embeddings
 
 #: Draft positions whose held-out accuracy the trainer reports.
 ACCURACY_DEPTH = 4
@@ -32,7 +32,8 @@ ACCURACY_DEPTH = 4
 
 @torch.no_grad()
 def collect(model: Any, processor: Any, name: str, samples: int, new_tokens: int, seed: int) -> list[dict]:
-    """Teacher sequences: tokens, the target's final hidden states, visual embeddings, where the answer starts."""
+    """Teacher sequences: tokens, the target's final hidden states, visual embeddings, where the answer starts (and
+    an M-RoPE target's prompt positions)."""
     from ..bench import _shapes_world_inputs
 
     adapter = get_adapter(model)
@@ -40,11 +41,16 @@ def collect(model: Any, processor: Any, name: str, samples: int, new_tokens: int
     for index in range(samples):
         inputs = _shapes_world_inputs(name, processor, 1, seed + index)
         out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        full = {**inputs, "input_ids": out, "attention_mask": torch.ones_like(out)}
+        prompt = inputs["input_ids"]
+        answer = out.shape[1] - prompt.shape[1]
+        per_token = {k: torch.nn.functional.pad(v, (0, answer)) for k, v in inputs.items()  # e.g. media token types
+                     if isinstance(v, torch.Tensor) and v.shape[:2] == prompt.shape and k != "input_ids"}
+        full = {**inputs, **per_token, "input_ids": out, "attention_mask": torch.ones_like(out)}
         hidden = model(**full, output_hidden_states=True).hidden_states[-1][0]
         visual = visual_embeddings(adapter, out, encoder_features(model, inputs))
         visual = visual[0] if visual is not None else None
-        data.append({"tokens": out[0], "features": hidden, "visual": visual, "start": inputs["input_ids"].shape[1]})
+        data.append({"tokens": out[0], "features": hidden, "visual": visual, "start": prompt.shape[1],
+                     "prompt_rope": prompt_rope_positions(adapter, prompt, inputs)})
     return data
 
 
@@ -68,7 +74,7 @@ def unrolled_passes(head: DraftHead, adapter: Any, sample: dict, inputs: torch.T
     there and its own chain's predicted ones after (:func:`unrolled_mask`)."""
     tokens, visual = sample["tokens"], sample["visual"]
     length = tokens.shape[0]
-    positions = torch.arange(length - 1)[None]
+    positions = head_positions(sample.get("prompt_rope"), 0, length - 1, tokens.device)
     visual = visual[None, 1:] if visual is not None else None
     cache = DynamicCache() if unroll > 1 else None
     passes = []

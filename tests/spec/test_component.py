@@ -1,0 +1,48 @@
+"""Every drafter through ``generate`` on every family's tiny model: 50 prompts each, greedy output unchanged."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmaccel import accelerate, restore
+from mmaccel.adapters import get_adapter
+from mmaccel.patch import get_state
+from mmaccel.spec.draft_head import DraftHead
+from mmaccel.zoo.tiny import build_tiny, family_modalities, sample_inputs, tiny_families
+
+PROMPTS = 50
+KWARGS = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+
+
+def _smaller_drafter(family: str):
+    """A same-family tiny model with other weights and one decoder layer."""
+    drafter, _ = build_tiny(family, seed=7)
+    drafter.model.language_model.layers = drafter.model.language_model.layers[:1]
+    drafter.config.get_text_config().num_hidden_layers = 1
+    return drafter
+
+
+@pytest.mark.parametrize("family", tiny_families())
+def test_every_drafter_keeps_the_greedy_output_on_fifty_prompts(tiny, family, tmp_path: Path):
+    model, processor = tiny(family)
+    modalities = family_modalities(family)
+    prompts = [sample_inputs(family, processor, batch_size=1, modality=modalities[seed % len(modalities)],
+                             seed=seed) for seed in range(PROMPTS)]
+    torch.manual_seed(0)
+    DraftHead(get_adapter(model)).save(tmp_path)
+    drafters = {"prompt_lookup": ({"method": "prompt_lookup", "min_ngram": 1, "max_ngram": 1}, None),
+                "draft_head": ({"method": "draft_head", "head": str(tmp_path)}, None),
+                "draft_model": ({"method": "draft_model", "num_tokens": 4}, _smaller_drafter(family))}
+    with torch.no_grad():
+        expected = [model.generate(**inputs, **KWARGS) for inputs in prompts]
+        for name, (spec, drafter) in drafters.items():
+            accelerate(model, spec=spec, drafter=drafter)
+            try:
+                got = [model.generate(**inputs, **KWARGS) for inputs in prompts]
+                steps = get_state(model).components[0].acceptance()["steps"]
+            finally:
+                restore(model)
+            different = [i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if not torch.equal(a, b)]
+            assert not different, f"{name}: prompts {different} differ from the plain model's output"
+            assert steps > 0, f"{name} never verified a draft"
