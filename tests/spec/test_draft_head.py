@@ -66,5 +66,3 @@ def test_missing_heads_and_unknown_methods_are_named(tiny, tmp_path: Path):
     restore(model)
     with pytest.raises(ConfigError, match="spec.method='eagle' is not allowed"):
         accelerate(model, spec={"method": "eagle"})
-
-
