@@ -22,7 +22,7 @@ import torch
 from .config import AccelConfig
 from .memory import tensor_bytes, track_peak_memory
 from .patch import accelerate, get_state, restore
-from .spec.stats import mean_accepted_length
+from .spec.stats import merged_acceptance
 
 SIDES = ("baseline", "accelerated")
 
@@ -264,7 +264,8 @@ def _speculative_component(model: Any) -> Any:
 
 def summarize(per_sample: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over all timed runs, maxima of peak memory, and accelerated ÷ baseline ratios; with speculative
-    decoding, the mean accepted length over every verification step of the timed runs."""
+    decoding, the mean accepted length and the acceptance rates (overall, per draft position) over every
+    verification step of the timed runs."""
     summary: dict[str, Any] = {}
     for side in SIDES:
         rows = [s[side] for s in per_sample]
@@ -285,8 +286,10 @@ def summarize(per_sample: list[dict[str, Any]]) -> dict[str, Any]:
     summary["tokens_match"] = sum(s["tokens_match"] for s in per_sample) / len(per_sample)
     speculation = [s["accelerated"].get("speculation") for s in per_sample]
     if all(speculation):
-        summary["mean_accepted_length"] = mean_accepted_length(sum(x["accepted"] for x in speculation),
-                                                               sum(x["steps"] for x in speculation))
+        merged = merged_acceptance(speculation)
+        summary["mean_accepted_length"] = merged["mean_accepted_length"]
+        summary["acceptance_rate"] = merged["acceptance_rate"]
+        summary["acceptance_by_position"] = merged["acceptance_by_position"]
     return summary
 
 
@@ -314,6 +317,10 @@ def format_table(result: dict[str, Any], header: str = "") -> str:
     lines.append(f"{'tokens match baseline':<26}{'':>14}{summary['tokens_match'] * 100:>13.0f}%")
     if summary.get("mean_accepted_length") is not None:
         lines.append(f"{'mean accepted length':<26}{'':>14}{summary['mean_accepted_length']:>14.2f}")
+        rates = summary.get("acceptance_by_position") or []
+        if rates:
+            shown = " ".join(f"{rate:.2f}" for rate in rates[:8]) + (" ..." if len(rates) > 8 else "")
+            lines.append(f"{'acceptance by position':<26} {shown}")
     return "\n".join(lines)
 
 

@@ -97,3 +97,20 @@ def test_prefill_media_then_generate_equals_one_generate(tiny, family):
     assert torch.equal(once.sequences, staged.sequences)
     for a, b in zip(once.logits, staged.logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_speculative_runs_report_acceptance_overall_and_by_position(tiny):
+    model, processor = tiny("llava")
+    samples = [sample_inputs("llava", processor, batch_size=1, seed=s) for s in range(2)]
+    config = AccelConfig.from_dict({"spec": {"method": "prompt_lookup", "min_ngram": 1, "max_ngram": 1}})
+    result = run_bench(model, samples, config, max_new_tokens=12, repeats=1, warmup=0, progress=False)
+    summary = result["summary"]
+    per_sample = [s["accelerated"]["speculation"] for s in result["samples"]]
+    steps = sum(s["steps"] for s in per_sample)
+    accepted = sum(s["accepted"] for s in per_sample)
+    assert summary["mean_accepted_length"] == (accepted + steps) / steps
+    assert summary["acceptance_rate"] == accepted / sum(s["drafted"] for s in per_sample)
+    first = sum(s["accepted_at"][0] for s in per_sample if s["accepted_at"]) / sum(s["drafted_at"][0]
+                                                                                 for s in per_sample)
+    assert summary["acceptance_by_position"][0] == pytest.approx(first)
+    assert "acceptance by position" in format_table(result)

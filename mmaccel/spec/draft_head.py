@@ -111,11 +111,12 @@ def encoder_features(model: Any, inputs: dict[str, Any]) -> dict[str, list[torch
     inner = model.model
     features: dict[str, list[torch.Tensor]] = {}
     if inputs.get("pixel_values") is not None:
-        extra = {k: inputs[k] for k in ("image_sizes",) if inputs.get(k) is not None}
+        extra = {k: inputs[k] for k in ("image_sizes", "image_grid_thw") if inputs.get(k) is not None}
         features["image"] = list(inner.get_image_features(pixel_values=inputs["pixel_values"], **extra).pooler_output)
     if inputs.get("pixel_values_videos") is not None:
-        features["video"] = list(inner.get_video_features(
-            pixel_values_videos=inputs["pixel_values_videos"]).pooler_output)
+        extra = {k: inputs[k] for k in ("video_grid_thw",) if inputs.get(k) is not None}
+        features["video"] = list(inner.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                                          **extra).pooler_output)
     return features
 
 

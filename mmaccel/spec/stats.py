@@ -39,14 +39,33 @@ class AcceptanceStats:
         self.drafted_at, self.accepted_at = [], []
 
     def summary(self) -> dict[str, Any]:
-        """Steps and accepted drafts, the mean accepted length (:func:`mean_accepted_length`), the acceptance rate
-        overall and per draft position."""
+        """Steps, drafted and accepted tokens, the mean accepted length (:func:`mean_accepted_length`), the
+        acceptance rate overall and per draft position, and the counts behind the latter (steps whose draft reached
+        each position, and whose token there was accepted)."""
         return {
             "steps": self.steps,
+            "drafted": self.drafted,
             "accepted": self.accepted,
             "mean_accepted_length": mean_accepted_length(self.accepted, self.steps),
             "acceptance_rate": self.accepted / self.drafted if self.drafted else None,
             "acceptance_by_position": [
                 (self.accepted_at[i] if i < len(self.accepted_at) else 0) / drafted
                 for i, drafted in enumerate(self.drafted_at)],
+            "drafted_at": list(self.drafted_at),
+            "accepted_at": list(self.accepted_at),
         }
+
+
+def merged_acceptance(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several :meth:`AcceptanceStats.summary` results as one: the mean accepted length, the acceptance rate and
+    the rate per draft position over all their steps."""
+    merged = AcceptanceStats()
+    for part in summaries:
+        merged.steps += part["steps"]
+        merged.drafted += part["drafted"]
+        merged.accepted += part["accepted"]
+        for total, counts in ((merged.drafted_at, part["drafted_at"]), (merged.accepted_at, part["accepted_at"])):
+            total.extend([0] * (len(counts) - len(total)))
+            for position, count in enumerate(counts):
+                total[position] += count
+    return merged.summary()

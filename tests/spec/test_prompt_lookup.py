@@ -7,6 +7,7 @@ from mmaccel import accelerate, restore
 from mmaccel.bench import _shapes_world_inputs
 from mmaccel.patch import get_state
 from mmaccel.spec import AcceptanceStats, PromptLookupCandidates
+from mmaccel.spec.stats import merged_acceptance
 from mmaccel.zoo import load
 from mmaccel.zoo.tiny import sample_inputs, tiny_families
 
@@ -130,3 +131,14 @@ def test_sampling_keeps_the_models_distribution():
         a = collections.Counter(x[position] for x in plain)
         b = collections.Counter(x[position] for x in speculative)
         assert 0.5 * sum(abs(a[k] - b[k]) / 200 for k in set(a) | set(b)) < 0.25, position
+
+
+def test_acceptance_statistics_merge_by_their_counts():
+    first, second = AcceptanceStats(), AcceptanceStats()
+    first.record(4, 2)
+    second.record(2, 0)
+    second.record(1, 1)
+    merged = merged_acceptance([first.summary(), second.summary()])
+    assert merged["steps"] == 3 and merged["mean_accepted_length"] == (3 + 3) / 3
+    assert merged["acceptance_rate"] == 3 / 7
+    assert merged["acceptance_by_position"] == [2 / 3, 1 / 2, 0.0, 0.0]  # position 1: drafted twice, accepted once

@@ -1,12 +1,27 @@
-"""The draft-head trainer's unrolled passes: each stands for what the head computes when it drafts."""
+"""The draft-head trainer: unrolled passes that stand for what the head computes when it drafts, the curriculum,
+prompt files."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from transformers import DynamicCache
 
 from mmaccel.adapters import get_adapter
+from mmaccel.models import load_model
 from mmaccel.spec.draft_head import DraftHead, head_positions
-from mmaccel.spec.train import draft_token_accuracy, head_loss, unrolled_mask, unrolled_passes
+from mmaccel.spec.train import (
+    curriculum_is_multimodal,
+    draft_token_accuracy,
+    head_loss,
+    unrolled_mask,
+    unrolled_passes,
+)
+from mmaccel.spec.train import (
+    main as train_main,
+)
 
 
 def test_the_unrolled_mask_sees_real_keys_up_to_the_drafts_start_then_the_chain():
@@ -72,3 +87,47 @@ def test_head_rows_sit_at_the_positions_of_the_tokens_they_carry():
     shifted = GRID_PROMPT.clone()
     shifted[:, :, 3] = 7  # a prompt whose positions run ahead of its length: later text is shifted by 4
     assert head_positions(shifted, 5, 7, "cpu")[:, 0].tolist() == [[10, 11]] * 3
+
+
+def test_the_curriculum_starts_text_only_then_turns_multimodal():
+    generator = torch.Generator().manual_seed(0)
+    draws = [curriculum_is_multimodal(step, 100, 20, generator) for step in range(100)]
+    assert not any(draws[:20]) and all(draws[60:])  # the ramp: 40 steps after the text-only 20
+    assert 0 < sum(draws[20:60]) < 40
+
+
+def _write_prompts(folder: Path) -> Path:
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(folder / "red.png")
+    rows = [{"text": "What colour is it?", "image": "red.png"}, {"text": "Describe it.", "image": "red.png"},
+            {"text": "Say something."}, {"text": "Count to three."}]
+    path = folder / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+def test_the_trainer_takes_a_prompt_file_for_an_m_rope_model_with_a_text_only_stage(tmp_path: Path):
+    data = _write_prompts(tmp_path)
+    assert train_main(["--model", "tiny-qwen2_vl", "--data", str(data), "--out", str(tmp_path), "--steps", "6",
+                       "--new-tokens", "4", "--text-steps", "2"]) == 0
+    summary = json.loads((tmp_path / "draft_head_training.json").read_text())
+    assert summary["sequences"] == 2 and summary["text_sequences"] == 1 and summary["text_steps"] == 2
+    assert len(summary["held_out_draft_accuracy_by_position"]) == 4  # the held-out tenth: the last prompt
+    model, _ = load_model("tiny-qwen2_vl")
+    DraftHead.load(get_adapter(model), tmp_path)
+
+
+def test_prompt_files_and_models_without_prompts_are_refused_with_what_is_allowed(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--model", "tiny-llava", "--out", str(tmp_path)])
+    assert "is not a bundled model" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\n{"text": "b", "image": "x.png", "video": "y.mp4"}\n[1, 2\n')
+    with pytest.raises(ValueError, match="bad.jsonl, line 2: a prompt is .* at most one of"):
+        train_main(["--model", "tiny-llava", "--data", str(bad), "--out", str(tmp_path)])
+    bad.write_text('{"text": "a"}\n[1, 2\n')
+    with pytest.raises(ValueError, match="bad.jsonl, line 2: not a JSON object"):
+        train_main(["--model", "tiny-llava", "--data", str(bad), "--out", str(tmp_path)])
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"text": "a", "image": "nowhere.png"}\n')
+    with pytest.raises(ValueError, match="line 1: no image file at"):
+        train_main(["--model", "tiny-llava", "--data", str(missing), "--out", str(tmp_path)])
