@@ -23,11 +23,15 @@ class PrefillInputs:
 
 
 def read_prefill_inputs(adapter: Any, args: tuple, kwargs: dict, recent_probes: int) -> PrefillInputs | None:
-    """The prefill's :class:`PrefillInputs` from a model forward's arguments; ``None`` for a decode step or a call
-    without ``input_ids``. Visual tokens come from the token ids (``adapter.visual_token_mask``), which generate
-    passes even when it has already encoded the media."""
+    """The prefill's :class:`PrefillInputs` from a model forward's arguments; ``None`` for a decode step, for a
+    chunk read against a cache that already holds tokens (a speculative verification, a question after prefilled
+    media) or a call without ``input_ids``. Visual tokens come from the token ids (``adapter.visual_token_mask``),
+    which generate passes even when it has already encoded the media."""
     input_ids = kwargs.get("input_ids", args[0] if args else None)
     if input_ids is None or input_ids.shape[1] <= 1:
+        return None
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
         return None
     attention_mask = kwargs.get("attention_mask")
     real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()

@@ -130,21 +130,24 @@ def prompt_rope_positions(adapter: Any, input_ids: torch.Tensor, inputs: dict[st
 
 
 def head_positions(prompt_rope: torch.Tensor | None, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """The positions of the head's rows ``start..stop - 1``. Row ``t`` carries token ``t + 1`` (its embedding, or
-    its visual embedding) and sits at that token's position: ``(1, n)`` for 1-D RoPE; with ``prompt_rope``
+    """The positions of the head's rows ``start..stop - 1`` (:func:`head_positions_of`)."""
+    return head_positions_of(prompt_rope, torch.arange(start, stop, device=device))
+
+
+def head_positions_of(prompt_rope: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """The positions of the head's ``rows`` (ascending indices). Row ``t`` carries token ``t + 1`` (its embedding,
+    or its visual embedding) and sits at that token's position: ``(1, n)`` for 1-D RoPE; with ``prompt_rope``
     (:func:`prompt_rope_positions`) ``(3, 1, n)``, the prompt's own 3-D positions and, after the prompt, text
     positions shifted as the target's decode shifts them (by the prompt's largest position + 1 - its length, on
     all three axes)."""
-    text = torch.arange(start + 1, stop + 1, device=device)[None]
+    tokens = rows[None] + 1
     if prompt_rope is None:
-        return text
-    prompt = prompt_rope.to(device)
+        return tokens
+    prompt = prompt_rope.to(rows.device)
     length = prompt.shape[-1]
-    after = (text + int(prompt.max()) + 1 - length)[None].expand(3, -1, -1)
-    first = start + 1
-    if first >= length:
-        return after
-    return torch.cat([prompt[..., first:min(stop + 1, length)], after[..., max(0, length - first):]], dim=-1)
+    after = (tokens + int(prompt.max()) + 1 - length)[None].expand(3, -1, -1)
+    inside = prompt[..., tokens[0].clamp(max=length - 1)]
+    return torch.where(tokens[None] < length, inside, after)
 
 
 class DraftHeadCandidates(CandidateGenerator):
@@ -162,6 +165,7 @@ class DraftHeadCandidates(CandidateGenerator):
         self.min_confidence = min_confidence
         self.cache = DynamicCache()
         self.fed = 0  # positions whose real feature the head has consumed
+        self.dropped = 0  # of those, positions a pruned prefill returned no feature for (not in the head's cache)
         self.forward_start = 0  # first position the target's last forward processed
         self.visual: torch.Tensor | None = None
         self.prompt_rope: torch.Tensor | None = None  # an M-RoPE target's (3, 1, L) prompt positions
@@ -180,16 +184,22 @@ class DraftHeadCandidates(CandidateGenerator):
                 modality: list(output.pooler_output) for modality, output in encoded.items()
                 if getattr(output, "pooler_output", None) is not None})
             self.prompt_rope = prompt_rope_positions(self.adapter, input_ids, model_kwargs or {})
-            self.forward_start, self._drafted = 0, 0
+            self.forward_start, self._drafted, self.dropped = 0, 0, 0
             return input_ids, None
         features = model_outputs.hidden_states[-1]
         self._crop(self.fed)
         new = range(self.fed, length - 1)  # positions whose feature and next token are both known now
         if len(new):
-            positions = head_positions(self.prompt_rope, new.start, new.stop, input_ids.device)
+            rows = torch.arange(new.start, new.stop, device=input_ids.device)
             known = features[:, new.start - self.forward_start:new.stop - self.forward_start]
-            predicted = self.head(self.adapter, known, input_ids[:, new.start + 1:new.stop + 1], positions,
-                                  self._visual(new), self.cache)
+            if known.shape[1] < len(new):  # a pruned prefill (prune="budget") returns its kept positions only
+                rows = self._returned_rows(features.shape[1], rows)
+                known = features[:, -rows.shape[0]:]
+                self.dropped += len(new) - rows.shape[0]
+            visual = self._visual(new)
+            predicted = self.head(self.adapter, known, input_ids[:, rows + 1],
+                                  head_positions_of(self.prompt_rope, rows),
+                                  visual[:, rows - new.start] if visual is not None else None, self.cache)
             self.fed, self._last_prediction = new.stop, predicted[:, -1:]
         room = min(self.num_tokens, self.max_length - length - 1)
         draft = self._draft(input_ids, room) if room > 0 else input_ids.new_empty((1, 0))
@@ -226,7 +236,20 @@ class DraftHeadCandidates(CandidateGenerator):
             chunk = torch.cat([chunk, chunk.new_full((1, pad, chunk.shape[-1]), float("nan"))], dim=1)
         return chunk
 
+    def _returned_rows(self, count: int, rows: torch.Tensor) -> torch.Tensor:
+        """The positions among ``rows`` whose features the target's last forward returned, ``count`` of them: the
+        prune component's kept prefill positions, or else (an unknown cut) the last ``count``."""
+        from ..patch import get_state
+
+        state = get_state(self.target)
+        for component in state.components if state is not None else []:
+            kept = getattr(getattr(component, "plan", None), "kept", None)
+            if kept is not None and kept.shape == (1, count):
+                return kept[0].to(rows.device)
+        return rows[-count:]
+
     def _crop(self, length: int) -> None:
+        length -= self.dropped
         extra = self.cache.get_seq_length() - length
         if extra > 0:
             self.cache.crop(-extra)

@@ -11,7 +11,7 @@ from transformers import DynamicCache
 
 from mmaccel.adapters import get_adapter
 from mmaccel.models import load_model
-from mmaccel.spec.draft_head import DraftHead, head_positions
+from mmaccel.spec.draft_head import DraftHead, head_positions, head_positions_of
 from mmaccel.spec.train import (
     curriculum_is_multimodal,
     draft_token_accuracy,
@@ -87,6 +87,9 @@ def test_head_rows_sit_at_the_positions_of_the_tokens_they_carry():
     shifted = GRID_PROMPT.clone()
     shifted[:, :, 3] = 7  # a prompt whose positions run ahead of its length: later text is shifted by 4
     assert head_positions(shifted, 5, 7, "cpu")[:, 0].tolist() == [[10, 11]] * 3
+    # rows a pruned prefill kept (not contiguous): tokens 2, 4 and 7
+    assert head_positions_of(GRID_PROMPT, torch.tensor([1, 3, 6]))[:, 0].tolist() == [[1, 4, 7], [1, 4, 7],
+                                                                                     [2, 4, 7]]
 
 
 def test_the_curriculum_starts_text_only_then_turns_multimodal():
