@@ -26,6 +26,22 @@ def tiny():
     return _cached_tiny
 
 
+def _smaller_tiny(family: str):
+    from mmaccel.zoo.tiny import build_tiny
+
+    drafter, _ = build_tiny(family, seed=7)
+    drafter.model.language_model.layers = drafter.model.language_model.layers[:1]
+    drafter.config.get_text_config().num_hidden_layers = 1
+    return drafter
+
+
+@pytest.fixture
+def smaller_tiny():
+    """``smaller_tiny(family) -> model``: a same-family tiny model with other weights and one decoder layer (a
+    drafter for speculative decoding), built afresh."""
+    return _smaller_tiny
+
+
 def _first_prefill_position_ids(module, model, inputs):
     seen = []
     handle = module.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get("position_ids")),

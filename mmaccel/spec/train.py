@@ -90,7 +90,7 @@ def teacher_sequences(model: Any, prompts: list[Any], new_tokens: int) -> list[d
     device = next(model.parameters()).device
     data = []
     for inputs in prompts:
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        inputs = _on(inputs, device)
         out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         prompt = inputs["input_ids"]
         answer = out.shape[1] - prompt.shape[1]
@@ -165,10 +165,10 @@ def head_loss(head: DraftHead, adapter: Any, sample: dict, noise: float, generat
 
 
 def _float_lm_head(adapter: Any) -> Any:
-    """The target's LM head applied in float32 (the head trains in float32 on a half-precision target too)."""
+    """The target's LM head on the head's float32 features, returning float32 logits (a half-precision target's
+    LM head reads them in its own dtype rather than being copied to float32 at every step)."""
     lm_head = adapter.model.get_output_embeddings()
-    return lambda features: torch.nn.functional.linear(features, lm_head.weight.float(),
-                                                       None if lm_head.bias is None else lm_head.bias.float())
+    return lambda features: lm_head(features.to(lm_head.weight.dtype)).float()
 
 
 def curriculum_is_multimodal(step: int, steps: int, text_steps: int, generator: torch.Generator) -> bool:
@@ -182,14 +182,16 @@ def curriculum_is_multimodal(step: int, steps: int, text_steps: int, generator: 
 
 def train(model: Any, out: Path, data: list[dict], held_out: list[dict], steps: int, lr: float,
           noise: float, seed: int, unroll: int = 1, text_data: list[dict] | None = None, text_steps: int = 0,
-          about: dict | None = None) -> dict:
+          about: dict | None = None, started: float | None = None) -> dict:
     """Train a head on teacher sequences (:func:`teacher_sequences`; ``text_data`` the text-only ones of the
     curriculum, :func:`curriculum_is_multimodal`), save ``out/draft_head.safetensors`` and
-    ``out/draft_head_training.json`` (``about`` added to it); returns the summary."""
+    ``out/draft_head_training.json`` (``about`` added to it, and the wall time since ``started``, a
+    ``time.perf_counter()`` reading, by default this call's start); returns the summary."""
     torch.manual_seed(seed)
     adapter = get_adapter(model)
     model.requires_grad_(False)
     start = time.perf_counter()
+    started = start if started is None else started
     device = next(model.parameters()).device
     head = DraftHead(adapter).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, betas=(0.9, 0.95))
@@ -222,6 +224,7 @@ def train(model: Any, out: Path, data: list[dict], held_out: list[dict], steps: 
     summary = {**(about or {}), "steps": steps, "lr": lr, "noise": noise, "seed": seed, "unroll": unroll,
                "text_steps": text_steps, "sequences": len(data), "text_sequences": len(text_data or []),
                "train_minutes": round((time.perf_counter() - start) / 60, 1),
+               "wall_minutes": round((time.perf_counter() - started) / 60, 1),
                "held_out_next_token_accuracy": by_position[0],
                "held_out_draft_accuracy_by_position": by_position, "history": history}
     head.save(out)
@@ -301,9 +304,7 @@ def main(argv: list[str] | None = None) -> int:
              "samples": len(prompts), "new_tokens": args.new_tokens, "device": str(device),
              "collect_minutes": round((time.perf_counter() - start) / 60, 1)}
     summary = train(model, args.out, media, held_out, args.steps, args.lr, args.noise, args.seed,
-                    args.unroll, text, args.text_steps, about)
-    summary["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
-    (Path(args.out) / "draft_head_training.json").write_text(json.dumps(summary, indent=2) + "\n")
+                    args.unroll, text, args.text_steps, about, start)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 

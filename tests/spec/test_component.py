@@ -12,22 +12,14 @@ from mmaccel.bench import _shapes_world_inputs
 from mmaccel.patch import get_state
 from mmaccel.spec.draft_head import DraftHead
 from mmaccel.zoo import load
-from mmaccel.zoo.tiny import build_tiny, family_modalities, sample_inputs, tiny_families
+from mmaccel.zoo.tiny import family_modalities, sample_inputs, tiny_families
 
 PROMPTS = 50
 KWARGS = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
 
 
-def _smaller_drafter(family: str):
-    """A same-family tiny model with other weights and one decoder layer."""
-    drafter, _ = build_tiny(family, seed=7)
-    drafter.model.language_model.layers = drafter.model.language_model.layers[:1]
-    drafter.config.get_text_config().num_hidden_layers = 1
-    return drafter
-
-
 @pytest.mark.parametrize("family", tiny_families())
-def test_every_drafter_keeps_the_greedy_output_on_fifty_prompts(tiny, family, tmp_path: Path):
+def test_every_drafter_keeps_the_greedy_output_on_fifty_prompts(tiny, smaller_tiny, family, tmp_path: Path):
     model, processor = tiny(family)
     modalities = family_modalities(family)
     prompts = [sample_inputs(family, processor, batch_size=1, modality=modalities[seed % len(modalities)],
@@ -36,7 +28,7 @@ def test_every_drafter_keeps_the_greedy_output_on_fifty_prompts(tiny, family, tm
     DraftHead(get_adapter(model)).save(tmp_path)
     drafters = {"prompt_lookup": ({"method": "prompt_lookup", "min_ngram": 1, "max_ngram": 1}, None),
                 "draft_head": ({"method": "draft_head", "head": str(tmp_path)}, None),
-                "draft_model": ({"method": "draft_model", "num_tokens": 4}, _smaller_drafter(family))}
+                "draft_model": ({"method": "draft_model", "num_tokens": 4}, smaller_tiny(family))}
     with torch.no_grad():
         expected = [model.generate(**inputs, **KWARGS) for inputs in prompts]
         for name, (spec, drafter) in drafters.items():

@@ -7,18 +7,9 @@ import torch
 
 from mmaccel import ConfigError, accelerate, restore
 from mmaccel.patch import get_state
-from mmaccel.zoo.tiny import build_tiny, sample_inputs, tiny_families
+from mmaccel.zoo.tiny import sample_inputs, tiny_families
 
 KWARGS = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
-
-
-def _smaller(family: str):
-    """A same-family tiny model with other weights and one decoder layer."""
-    drafter, _ = build_tiny(family, seed=7)
-    text = drafter.model.language_model
-    text.layers = text.layers[:1]
-    drafter.config.get_text_config().num_hidden_layers = 1
-    return drafter
 
 
 def _plain_and_drafted(model, prompts, drafter, **kwargs):
@@ -37,10 +28,10 @@ def _plain_and_drafted(model, prompts, drafter, **kwargs):
 
 
 @pytest.mark.parametrize("family", tiny_families())
-def test_greedy_output_is_the_models_with_a_smaller_drafter(tiny, family):
+def test_greedy_output_is_the_models_with_a_smaller_drafter(tiny, smaller_tiny, family):
     model, processor = tiny(family)
     prompts = [sample_inputs(family, processor, batch_size=1, seed=seed) for seed in range(6)]
-    assert _plain_and_drafted(model, prompts, _smaller(family), **KWARGS)["steps"] > 0
+    assert _plain_and_drafted(model, prompts, smaller_tiny(family), **KWARGS)["steps"] > 0
 
 
 @pytest.mark.parametrize("family", ["llava_next", "qwen2_vl", "qwen2_5_omni_thinker"])
