@@ -184,7 +184,8 @@ class SpecConfig(_SubConfig):
     ``method="draft_head"``: an MSD-style draft head (:mod:`mmaccel.spec.draft_head`) read from the folder ``head``
     (default: the model's own folder, where the bundled models keep theirs). ``method="draft_model"``: a smaller
     model of the same family that sees the media too (:mod:`mmaccel.spec.draft_model`), loaded from ``drafter`` (a
-    bundled name, a folder or a Hub id) unless ``accelerate(..., drafter=model)`` hands one over."""
+    bundled name, a folder or a Hub id; default: the ``drafter`` folder inside the model's own folder, where the
+    bundled ``shapes-image`` keeps one) unless ``accelerate(..., drafter=model)`` hands one over."""
 
     method: str = "none"
     num_tokens: int = 8
@@ -385,6 +386,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "output as the model. Needs draft_head.safetensors beside the model (the bundled models have "
                        "one; python -m mmaccel.spec.train trains one).",
         "config": {"spec": {"method": "draft_head"}},
+    },
+    "speculative_drafter": {
+        "description": "Lossless speculative decoding (batch 1) with a small model of the same family as the drafter, "
+                       "reading the image or video with its own encoders; the same output as the model. Uses the "
+                       "drafter/ folder beside the model (the bundled shapes-image has one; python -m "
+                       "mmaccel.spec.train_drafter makes one), or spec.drafter.",
+        "config": {"spec": {"method": "draft_model"}},
     },
     "stream": {
         "description": "For mmaccel.stream sessions, the demo and eval of videos: VideoScan-style carrier tokens; "

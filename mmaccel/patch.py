@@ -127,8 +127,13 @@ def accelerate(model: nn.Module, config: AccelConfig | dict | str | None = None,
         raise ConfigError("contrast='code' writes the model's description of its media into the prompt and needs "
                           "the model's processor: accelerate(model, contrast='code', processor=processor)")
     if resolved.spec.method == "draft_model" and drafter is None and not resolved.spec.drafter:
-        raise ConfigError("spec='draft_model' needs a drafter: set spec.drafter to a model name or folder, or pass "
-                          "accelerate(model, spec='draft_model', drafter=small_model)")
+        from .spec.draft_model import DRAFTER_FOLDER, default_drafter
+
+        if not default_drafter(model):
+            raise ConfigError(f"spec='draft_model' needs a drafter: set spec.drafter to a model name or folder, pass "
+                              f"accelerate(model, spec='draft_model', drafter=small_model), or train one into the "
+                              f"model's folder (python -m mmaccel.spec.train_drafter --out MODEL_FOLDER/"
+                              f"{DRAFTER_FOLDER})")
     if resolved.contrast.enabled and (resolved.spec.enabled or resolved.kv.enabled):
         raise ConfigError(f"contrast={resolved.contrast.method!r} does not combine with spec or kv yet (its "
                           f"contrast branch keeps a plain cache and reads every generated token once); leave "

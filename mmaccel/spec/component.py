@@ -33,7 +33,7 @@ from torch import nn
 
 from ..config import ConfigError, SpecConfig
 from .draft_head import DraftHead, DraftHeadCandidates
-from .draft_model import DraftModelCandidates, media_inputs
+from .draft_model import DraftModelCandidates, default_drafter, media_inputs
 from .prompt_lookup import PromptLookupCandidates
 from .stats import AcceptanceStats
 
@@ -112,10 +112,11 @@ class SpeculativeDecoding:
         from ..models import load_model
 
         parameter = next(model.parameters())
-        key = (self.config.drafter, str(parameter.device), parameter.dtype)
+        name = self.config.drafter or default_drafter(model)
+        key = (name, str(parameter.device), parameter.dtype)
         if key not in _LOADED_DRAFTERS:  # reconfiguring (a benchmark does, per sample) must not reload it
             _LOADED_DRAFTERS.clear()
-            _LOADED_DRAFTERS[key] = load_model(self.config.drafter, device=parameter.device, dtype=parameter.dtype)[0]
+            _LOADED_DRAFTERS[key] = load_model(name, device=parameter.device, dtype=parameter.dtype)[0]
         return _LOADED_DRAFTERS[key]
 
     def _check_family(self, model: nn.Module, state: Any) -> None:

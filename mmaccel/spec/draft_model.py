@@ -17,6 +17,7 @@ The draft is a proposal only: the target's verification keeps the output exactly
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +26,10 @@ from transformers.generation.candidate_generator import CandidateGenerator
 
 from ..positions import continuation_position_ids, rope_offset_holders
 from .stats import AcceptanceStats
+
+#: The folder inside a model's own folder where ``spec="draft_model"`` finds the drafter when none is named
+#: (``python -m mmaccel.spec.train_drafter --out MODEL_FOLDER/drafter`` puts one there).
+DRAFTER_FOLDER = "drafter"
 
 #: ``generate`` keyword arguments that are not media inputs (the drafter builds its own).
 _NOT_MEDIA = ("input_ids", "attention_mask", "position_ids", "cache", "past_key_values", "use_cache",
@@ -35,6 +40,14 @@ def media_inputs(generate_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of a ``generate`` call's keyword arguments that describe its media (pixels, grids, audio
     features, per-token media types: everything but the ids, mask, positions and cache)."""
     return {k: v for k, v in generate_kwargs.items() if isinstance(v, torch.Tensor) and k not in _NOT_MEDIA}
+
+
+def default_drafter(model: Any) -> str:
+    """The folder of the drafter saved inside ``model``'s own folder (:data:`DRAFTER_FOLDER`), or ``""`` if the
+    model was not loaded from a folder that holds one."""
+    name = getattr(model.config, "_name_or_path", "")
+    folder = Path(name) / DRAFTER_FOLDER if name else None
+    return str(folder) if folder is not None and (folder / "config.json").is_file() else ""
 
 
 class DraftModelCandidates(CandidateGenerator):

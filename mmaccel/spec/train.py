@@ -81,27 +81,48 @@ def jsonl_prompts(path: Path, processor: Any, frames: int = 8) -> list[Any]:
     return prompts
 
 
+def training_prompts(name: str, processor: Any, data: Path | None, samples: int, frames: int, seed: int
+                     ) -> tuple[list[Any], list[Any]]:
+    """The processed prompts to train on and those held out: ``data``'s (:func:`jsonl_prompts`, its last tenth
+    held out) or, without it, ``samples`` fresh shapes-world prompts and a tenth as many (at least 4) held out."""
+    if data is not None:
+        prompts = jsonl_prompts(data, processor, frames)
+        split = len(prompts) - max(1, len(prompts) // 10) if len(prompts) > 1 else len(prompts)
+        return prompts[:split], prompts[split:] or prompts[-1:]
+    return (shapes_world_prompts(name, processor, samples, 10_000 + seed),
+            shapes_world_prompts(name, processor, max(4, samples // 10), 20_000 + seed))
+
+
+@torch.no_grad()
+def answered(model: Any, inputs: Any, new_tokens: int) -> tuple[dict, int]:
+    """``inputs`` (on the model's device) with the model's greedy answer of ``new_tokens`` tokens appended
+    (``input_ids``, the attention mask and every per-token input grown to the whole sequence, media inputs
+    unchanged), and the prompt's length."""
+    inputs = _on(dict(inputs), next(model.parameters()).device)
+    out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    prompt = inputs["input_ids"]
+    answer = out.shape[1] - prompt.shape[1]
+    per_token = {k: torch.nn.functional.pad(v, (0, answer)) for k, v in inputs.items()  # e.g. media token types
+                 if isinstance(v, torch.Tensor) and v.shape[:2] == prompt.shape and k != "input_ids"}
+    return {**inputs, **per_token, "input_ids": out, "attention_mask": torch.ones_like(out)}, prompt.shape[1]
+
+
 @torch.no_grad()
 def teacher_sequences(model: Any, prompts: list[Any], new_tokens: int) -> list[dict]:
     """Per prompt, the target's greedy answer read back whole: tokens, its final hidden states (float32), the visual
     embeddings (``None`` for a text-only prompt), where the answer starts, and an M-RoPE target's prompt positions;
     kept on the CPU (a training step moves its sequence to the model's device)."""
     adapter = get_adapter(model)
-    device = next(model.parameters()).device
     data = []
-    for inputs in prompts:
-        inputs = _on(inputs, device)
-        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        prompt = inputs["input_ids"]
-        answer = out.shape[1] - prompt.shape[1]
-        per_token = {k: torch.nn.functional.pad(v, (0, answer)) for k, v in inputs.items()  # e.g. media token types
-                     if isinstance(v, torch.Tensor) and v.shape[:2] == prompt.shape and k != "input_ids"}
-        full = {**inputs, **per_token, "input_ids": out, "attention_mask": torch.ones_like(out)}
+    for prompt_inputs in prompts:
+        full, start = answered(model, prompt_inputs, new_tokens)
+        out, prompt = full["input_ids"], full["input_ids"][:, :start]
+        inputs = _on(prompt_inputs, out.device)
         hidden = model(**full, output_hidden_states=True).hidden_states[-1][0].float().cpu()
         visual = visual_embeddings(adapter, out, encoder_features(model, inputs))
         visual = visual[0].float().cpu() if visual is not None else None
         rope = prompt_rope_positions(adapter, prompt, inputs)
-        data.append({"tokens": out[0].cpu(), "features": hidden, "visual": visual, "start": prompt.shape[1],
+        data.append({"tokens": out[0].cpu(), "features": hidden, "visual": visual, "start": start,
                      "prompt_rope": rope.cpu() if rope is not None else None})
     return data
 
@@ -251,11 +272,23 @@ def draft_token_accuracy(head: DraftHead, adapter: Any, sample: dict, depth: int
     return accuracy
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line of the trainer."""
+def load_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The ``(model, processor)`` a trainer's command line names (``--model``, ``--device``, ``--dtype``,
+    ``--threads``); refuses a model other than a bundled one without ``--data``."""
     from ..models import load_model, resolve_dtype
     from ..zoo.reference import reference_names
 
+    if args.data is None and args.model not in reference_names():
+        parser.error(f"--model {args.model} is not a bundled model ({', '.join(reference_names())}): give --data "
+                     "FILE.jsonl with its prompts")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    return load_model(args.model, device=device, dtype=resolve_dtype(args.dtype, device))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of the trainer."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes-image",
                         help="a bundled model (shapes-image, shapes-video), tiny-<family>, a folder or a Hub id")
@@ -280,21 +313,11 @@ def main(argv: list[str] | None = None) -> int:
                              "float32")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.data is None and args.model not in reference_names():
-        parser.error(f"--model {args.model} is not a bundled model ({', '.join(reference_names())}): give --data "
-                     "FILE.jsonl with its prompts")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    model, processor = load_model(args.model, device=device, dtype=resolve_dtype(args.dtype, device))
+    model, processor = load_target(parser, args)
+    device = next(model.parameters()).device
     start = time.perf_counter()
-    if args.data is not None:
-        prompts = jsonl_prompts(args.data, processor, args.frames)
-        split = len(prompts) - max(1, len(prompts) // 10) if len(prompts) > 1 else len(prompts)
-        prompts, held_out_prompts = prompts[:split], prompts[split:] or prompts[-1:]
-    else:
-        prompts = shapes_world_prompts(args.model, processor, args.samples, 10_000 + args.seed)
-        held_out_prompts = shapes_world_prompts(args.model, processor, max(4, args.samples // 10), 20_000 + args.seed)
+    prompts, held_out_prompts = training_prompts(args.model, processor, args.data, args.samples, args.frames,
+                                                 args.seed)
     sequences = teacher_sequences(model, prompts, args.new_tokens)
     media, text = [s for s in sequences if s["visual"] is not None], [s for s in sequences if s["visual"] is None]
     if args.text_steps and not text:

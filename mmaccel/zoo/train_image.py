@@ -27,8 +27,8 @@ training adds auxiliary losses, all through heads that are discarded afterwards:
   about and which shapes the image holds, the two facts an existence answer combines.
 
 The saved model is a plain ``LlavaForConditionalGeneration``. The run is deterministic for a given seed and step
-count. ``--recipe bundled`` runs the bundled weights' whole recipe in one command: a run from scratch, then a
-continuation of it (:data:`BUNDLED_ROUNDS`).
+count. ``--recipe bundled`` runs the bundled weights' whole recipe in one command: a run from scratch, then two
+continuations of it (:data:`BUNDLED_ROUNDS`; ``--rounds 2`` stops after the first continuation).
 """
 
 from __future__ import annotations
@@ -291,10 +291,12 @@ def train(out: Path, steps: int, batch_size: int, num_turns: int, lr: float, see
     return summary
 
 
-#: The bundled weights' recipe: round 1 from scratch (the defaults), round 2 continuing it with more vision-stage
-#: steps at half the learning rate (the tower was still learning) and a shorter whole-model stage.
+#: The bundled weights' recipe: round 1 from scratch (the defaults), rounds 2 and 3 each continuing the one before
+#: with more vision-stage steps (the tower was still learning) and a shorter whole-model stage, at half the learning
+#: rate of the round before. ``shapes-video`` starts from round 2 (it was trained before round 3 existed).
 BUNDLED_ROUNDS = ({"vision_steps": 2500, "steps": 1400, "lr": 1e-3, "seed": 0},
-                  {"vision_steps": 1500, "steps": 600, "lr": 5e-4, "seed": 7})
+                  {"vision_steps": 1500, "steps": 600, "lr": 5e-4, "seed": 7},
+                  {"vision_steps": 1500, "steps": 600, "lr": 2.5e-4, "seed": 14})
 
 
 def train_rounds(out: Path, rounds: tuple[dict, ...], eval_every: int, save_every: int = 0, **common: Any) -> dict:
@@ -326,13 +328,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", default=None, help="continue from this shapes-image folder (default: from scratch)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--recipe", choices=["bundled"], default=None,
-                        help="run the bundled weights' whole recipe (two rounds, see BUNDLED_ROUNDS); the step, "
+                        help="run the bundled weights' whole recipe (three rounds, see BUNDLED_ROUNDS); the step, "
                              "learning-rate, seed and --init options are then ignored")
+    parser.add_argument("--rounds", type=int, default=len(BUNDLED_ROUNDS),
+                        help="with --recipe: run its first N rounds only (2 gives the start of shapes-video's "
+                             "recipe)")
     args = parser.parse_args(argv)
+    if not 1 <= args.rounds <= len(BUNDLED_ROUNDS):
+        parser.error(f"--rounds must be 1 to {len(BUNDLED_ROUNDS)}, got {args.rounds}")
+    if args.rounds != len(BUNDLED_ROUNDS) and args.recipe != "bundled":
+        parser.error("--rounds needs --recipe bundled")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.recipe == "bundled":
-        summary = train_rounds(Path(args.out), BUNDLED_ROUNDS, args.eval_every, args.save_every,
+        summary = train_rounds(Path(args.out), BUNDLED_ROUNDS[:args.rounds], args.eval_every, args.save_every,
                                batch_size=args.batch_size, num_turns=args.turns, aux_weight=args.aux_weight,
                                vision_batch_size=args.vision_batch_size)
         print(json.dumps({k: v for k, v in summary.items() if "history" not in k}))

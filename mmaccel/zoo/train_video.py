@@ -2,7 +2,7 @@
 ``python -m mmaccel.zoo.train_video --recipe bundled --out DIR`` (:data:`BUNDLED_ROUNDS`, each round going on from
 the one before); without ``--recipe`` one run with the options given.
 
-The model starts from ``shapes-image`` (its vision tower, projector and language model load into
+The model starts from a ``shapes-image`` (its vision tower, projector and language model load into
 LLaVA-NeXT-Video's, which adds 2x2 pooling of each frame); the vision tower stays frozen unless ``--train-vision``.
 Every step draws fresh 8-frame videos from a seeded stream (the held-out sets use other seeds) and trains on
 conversations of temporal questions, some in lmms-eval's Video-MME prompt (four options, answer a letter, or with
@@ -343,7 +343,8 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     return summary
 
 
-#: The bundled weights' recipe, rounds each continuing the one before (the first from ``shapes-image``): causal
+#: The bundled weights' recipe, rounds each continuing the one before (the first from ``shapes-image``'s round 2,
+#: :data:`IMAGE_ROUNDS`): causal
 #: token targets on answerable videos, then the option probe with a short letter warm-up at a lower learning rate,
 #: then ever more of the video questions asked with four options, then four-option answers that name the option
 #: before its letter (the letter questions too, in the last two rounds).
@@ -360,6 +361,9 @@ BUNDLED_ROUNDS = (
     {"steps": 400, "lr": 3e-4, "letter_warmup": 0, "option_probe": True, "multiple_choice": 1.0,
      "name_then_letter": True, "named_letters": True},
 )
+#: The rounds of ``shapes-image``'s recipe (``python -m mmaccel.zoo.train_image --recipe bundled --rounds 2``) whose
+#: model :data:`BUNDLED_ROUNDS` starts from: the bundled ``shapes-image`` has a third round, added later.
+IMAGE_ROUNDS = 2
 #: What every round of :data:`BUNDLED_ROUNDS` shares.
 BUNDLED_COMMON = {"balanced_kinds": True, "causal_targets": True, "seed": 0}
 
@@ -368,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command line of the trainer."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where to save the model (save_pretrained layout)")
-    parser.add_argument("--init", default=str(WEIGHTS_DIR / "shapes-image"),
-                        help="a trained shapes-image folder, or a shapes-video one to go on training it")
+    parser.add_argument("--init", default=None,
+                        help="a trained shapes-image folder, or a shapes-video one to go on training it (default: "
+                             "the bundled shapes-image; --recipe bundled needs it given, see IMAGE_ROUNDS)")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3, help="questions per conversation")
@@ -408,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    init = Path(args.init) if args.init else WEIGHTS_DIR / "shapes-image"
     if args.recipe == "bundled":
         set_by_recipe = {key for stage in BUNDLED_ROUNDS for key in stage} | set(BUNDLED_COMMON)
         option_names = {"causal_targets": "causal_token_targets", "num_turns": "turns"}
@@ -416,14 +422,18 @@ def main(argv: list[str] | None = None) -> int:
                          if getattr(args, dest) != parser.get_default(dest))
         if changed:
             parser.error(f"--recipe bundled sets {', '.join(changed)} itself; leave them out")
-        summary = train_in_rounds(train, Path(args.out), BUNDLED_ROUNDS, Path(args.init), args.keep_rounds,
+        if args.init is None:
+            parser.error(f"--recipe bundled starts from shapes-image's round {IMAGE_ROUNDS}, not from the bundled "
+                         f"shapes-image (round {IMAGE_ROUNDS + 1}): make it with `python -m mmaccel.zoo.train_image "
+                         f"--recipe bundled --rounds {IMAGE_ROUNDS} --out DIR` and pass --init DIR")
+        summary = train_in_rounds(train, Path(args.out), BUNDLED_ROUNDS, init, args.keep_rounds,
                                   **BUNDLED_COMMON, batch_size=args.batch_size, num_turns=args.turns,
                                   eval_every=args.eval_every, save_every=args.save_every,
                                   train_vision=args.train_vision, letter_batch_size=args.letter_batch_size,
                                   short_video_steps=args.short_video_steps)
         print(json.dumps({k: v for k, v in summary.items() if "history" not in k}))
         return 0
-    summary = train(Path(args.out), Path(args.init), args.steps, args.batch_size, args.turns, args.lr, args.seed,
+    summary = train(Path(args.out), init, args.steps, args.batch_size, args.turns, args.lr, args.seed,
                     args.eval_every, args.save_every, args.train_vision, args.letter_warmup, args.letter_batch_size,
                     args.balanced_kinds, args.short_video_steps, args.option_probe, args.causal_token_targets,
                     args.multiple_choice, args.name_then_letter, args.named_letters)

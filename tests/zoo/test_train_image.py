@@ -98,3 +98,24 @@ def test_rounds_continue_each_other_and_leave_one_model(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "model" / "training.json").read_text())
     assert saved == summary and [r["steps"] for r in saved["rounds"]] == [2, 1]
     assert saved["wall_minutes_all_rounds"] == 3.0 and "history" not in saved["rounds"][0]
+
+
+def test_rounds_option_runs_the_first_rounds_of_the_bundled_recipe(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from mmaccel.zoo import train_image
+
+    calls = []
+
+    def fake_train(out, init=None, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        calls.append(kwargs)
+        return {"wall_minutes": 1.0, "steps": kwargs["steps"], "history": []}
+
+    monkeypatch.setattr(train_image, "train", fake_train)
+    assert train_image.main(["--recipe", "bundled", "--rounds", "2", "--out", str(tmp_path / "r2")]) == 0
+    assert [call["seed"] for call in calls] == [r["seed"] for r in train_image.BUNDLED_ROUNDS[:2]]
+    for bad in (["--recipe", "bundled", "--rounds", "0"], ["--rounds", "2"]):
+        with pytest.raises(SystemExit):
+            train_image.main([*bad, "--out", str(tmp_path / "x")])
+    assert "--rounds must be 1 to 3, got 0" in capsys.readouterr().err

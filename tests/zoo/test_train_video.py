@@ -252,7 +252,6 @@ def test_the_bundled_recipe_runs_its_rounds_from_the_image_model(tmp_path, monke
     import json
 
     from mmaccel.zoo import train_video
-    from mmaccel.zoo.reference import WEIGHTS_DIR
 
     calls = []
 
@@ -262,14 +261,26 @@ def test_the_bundled_recipe_runs_its_rounds_from_the_image_model(tmp_path, monke
         return {"wall_minutes": 1.0, "steps": kwargs["steps"], "history": []}
 
     monkeypatch.setattr(train_video, "train", fake_train)
-    assert train_video.main(["--recipe", "bundled", "--out", str(tmp_path / "m"), "--batch-size", "2"]) == 0
+    image = tmp_path / "image-round-2"
+    assert train_video.main(["--recipe", "bundled", "--init", str(image), "--out", str(tmp_path / "m"),
+                             "--batch-size", "2"]) == 0
     assert len(calls) == len(train_video.BUNDLED_ROUNDS)
-    assert calls[0][1] == WEIGHTS_DIR / "shapes-image" and calls[1][1] == tmp_path / "m" / "round-1"
+    assert calls[0][1] == image and calls[1][1] == tmp_path / "m" / "round-1"
     for (_, _, kwargs), stage in zip(calls, train_video.BUNDLED_ROUNDS, strict=True):
         assert kwargs["batch_size"] == 2 and kwargs["causal_targets"] and kwargs["balanced_kinds"]
         assert {key: kwargs[key] for key in stage} == stage
     saved = json.loads((tmp_path / "m" / "training.json").read_text())
     assert saved["wall_minutes_all_rounds"] == len(train_video.BUNDLED_ROUNDS)
+
+
+def test_the_bundled_recipe_asks_for_the_image_model_it_starts_from(tmp_path, capsys):
+    import pytest
+
+    from mmaccel.zoo import train_video
+
+    with pytest.raises(SystemExit):
+        train_video.main(["--recipe", "bundled", "--out", str(tmp_path)])
+    assert "train_image --recipe bundled --rounds 2 --out DIR" in capsys.readouterr().err
 
 
 def test_the_bundled_recipe_refuses_the_options_it_sets(tmp_path, capsys):
