@@ -47,7 +47,7 @@ def test_every_drafter_keeps_the_greedy_output_on_fifty_prompts(tiny, smaller_ti
 def test_drafts_are_verified_against_the_model_as_pruned(prune):
     """Verification forwards read several tokens against the cache: the pruning keeps the prefill's plan for them
     (it used to take them for new prompts); a budget-pruned prefill returns the kept positions' features only,
-    and the draft head reads those."""
+    and the draft head reads those. The draft model is the bundled one in the model's folder, found by default."""
     model, processor = load("shapes-image")
     prompts = [_shapes_world_inputs("shapes-image", processor, 1, 900 + seed) for seed in range(3)]
     kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)
@@ -55,7 +55,7 @@ def test_drafts_are_verified_against_the_model_as_pruned(prune):
         accelerate(model, prune=prune)
         try:
             expected = [model.generate(**inputs, **kwargs) for inputs in prompts]
-            for spec, accepted_length in (("prompt_lookup", 1.0), ("draft_head", 2.0)):
+            for spec, accepted_length in (("prompt_lookup", 1.0), ("draft_head", 2.0), ("draft_model", 2.0)):
                 accelerate(model, prune=prune, spec=spec)
                 got = [model.generate(**inputs, **kwargs) for inputs in prompts]
                 summary = next(c for c in get_state(model).components if c.name == "spec").acceptance()
