@@ -6,7 +6,8 @@ family and class and reads the prompt's media with its own encoders, as ``spec="
 predicts the target's tokens poorly (its final norm and LM head expect the last layer's features), so it is then
 distilled: the target answers prompts greedily (``--new-tokens`` tokens, end of text suppressed as ``mmaccel
 bench`` does) and the kept layers and the final norm learn, teacher-forced, to predict each next token of the
-target's answer (cross-entropy on the answer's positions); everything else stays frozen. Prompts are fresh
+target's answer (cross-entropy on the answer's positions, in float32 whatever the model's dtype); everything else stays
+frozen. Prompts are fresh
 shapes-world scenes for the bundled models, or ``--data FILE.jsonl`` for any model, in the format of
 :mod:`mmaccel.spec.train` (its last tenth held out). The summary reports how often the drafter's next token is the
 target's on the held-out answers (:func:`agreement`).
@@ -35,13 +36,18 @@ from .train import _on, answered, load_target, training_prompts
 
 def truncated_copy(model: Any, layers: int) -> Any:
     """A copy of ``model`` keeping only its first ``layers`` decoder layers (the config says so too, so that the
-    copy saves and loads as a model of that depth)."""
+    copy saves and loads as a model of that depth); the other layers are not copied."""
     text_config = model.config.get_text_config()
     total = text_config.num_hidden_layers
     if not 1 <= layers <= total:
         raise ValueError(f"a drafter keeps 1 to {total} of the model's {total} decoder layers; got {layers}")
-    drafter = copy.deepcopy(model)
-    del get_adapter(drafter).decoder_layers[layers:]
+    stack = get_adapter(model).language_model
+    all_layers = stack.layers
+    stack.layers = torch.nn.ModuleList(all_layers[:layers])
+    try:
+        drafter = copy.deepcopy(model)
+    finally:
+        stack.layers = all_layers
     config = drafter.config.get_text_config()
     config.num_hidden_layers = layers
     if getattr(config, "layer_types", None) is not None:
@@ -61,7 +67,8 @@ def answered_prompts(model: Any, prompts: list[Any], new_tokens: int) -> list[di
 
 def answer_logits(drafter: Any, sequence: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The drafter's logits at the positions that predict the answer's tokens (float32), and those tokens."""
-    inputs = {k: v for k, v in sequence.items() if k != "start"}
+    dtype = next(drafter.parameters()).dtype
+    inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sequence.items() if k != "start"}
     start, tokens = sequence["start"], sequence["input_ids"][0]
     logits = drafter(**inputs, logits_to_keep=tokens.shape[0] - start + 1).logits[0, :-1].float()
     return logits, tokens[start:]
@@ -88,7 +95,8 @@ def train(model: Any, processor: Any, out: Path, data: list[dict], held_out: lis
     torch.manual_seed(seed)
     start = time.perf_counter()
     started = start if started is None else started
-    drafter = truncated_copy(model, layers)
+    dtype = next(model.parameters()).dtype
+    drafter = truncated_copy(model, layers).float()  # trained in float32, saved in the model's dtype
     device = next(drafter.parameters()).device
     drafter.requires_grad_(False)
     adapter = get_adapter(drafter)
@@ -120,7 +128,7 @@ def train(model: Any, processor: Any, out: Path, data: list[dict], held_out: lis
                "wall_minutes": round((time.perf_counter() - started) / 60, 1),
                "held_out_agreement_before": round(before, 3),
                "held_out_agreement": round(agreement(drafter, held_out), 3), "history": history}
-    drafter.save_pretrained(out)
+    drafter.to(dtype).save_pretrained(out)
     processor.save_pretrained(out)
     (Path(out) / "drafter_training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -58,6 +58,17 @@ def test_distillation_fits_the_models_answers_and_the_saved_drafter_is_the_model
     assert all(torch.equal(a, b) for a, b in zip(plain, drafted, strict=True))
 
 
+def test_a_half_precision_model_gets_a_drafter_trained_in_float32_and_saved_in_its_dtype(tmp_path):
+    from mmaccel.zoo.tiny import build_tiny
+
+    model, processor = build_tiny("qwen2_vl", seed=0, dtype=torch.bfloat16)
+    data = answered_prompts(model, [sample_inputs("qwen2_vl", processor, batch_size=1, seed=0)], new_tokens=4)
+    train(model, processor, tmp_path, data, data, layers=1, steps=2, lr=1e-3, seed=0)
+    drafter = type(model).from_pretrained(tmp_path)
+    assert {p.dtype for p in drafter.parameters()} == {torch.bfloat16}
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
 def test_without_a_drafter_in_its_folder_the_error_says_how_to_make_one(tiny):
     model, _ = tiny("llava")
     assert default_drafter(model) == ""
