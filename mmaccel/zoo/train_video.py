@@ -344,10 +344,9 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
 
 
 #: The bundled weights' recipe, rounds each continuing the one before (the first from ``shapes-image``'s round 2,
-#: :data:`IMAGE_ROUNDS`): causal
-#: token targets on answerable videos, then the option probe with a short letter warm-up at a lower learning rate,
-#: then ever more of the video questions asked with four options, then four-option answers that name the option
-#: before its letter (the letter questions too, in the last two rounds).
+#: :data:`IMAGE_ROUNDS`): causal token targets on answerable videos, then the option probe with a short letter
+#: warm-up at a lower learning rate, then ever more of the video questions asked with four options, then four-option
+#: answers that name the option before its letter (the letter questions too, in the last two rounds).
 BUNDLED_ROUNDS = (
     {"steps": 1500, "lr": 5e-4, "letter_warmup": 300},
     {"steps": 500, "lr": 3e-4, "letter_warmup": 50, "option_probe": True},
