@@ -113,11 +113,12 @@ def teacher_sequences(model: Any, prompts: list[Any], new_tokens: int) -> list[d
     embeddings (``None`` for a text-only prompt), where the answer starts, and an M-RoPE target's prompt positions;
     kept on the CPU (a training step moves its sequence to the model's device)."""
     adapter = get_adapter(model)
+    device = next(model.parameters()).device
     data = []
     for prompt_inputs in prompts:
-        full, start = answered(model, prompt_inputs, new_tokens)
-        out, prompt = full["input_ids"], full["input_ids"][:, :start]
-        inputs = _on(prompt_inputs, out.device)
+        inputs = _on(prompt_inputs, device)  # moved once: answered() finds them in place
+        full, start = answered(model, inputs, new_tokens)
+        out, prompt = full["input_ids"], inputs["input_ids"]
         hidden = model(**full, output_hidden_states=True).hidden_states[-1][0].float().cpu()
         visual = visual_embeddings(adapter, out, encoder_features(model, inputs))
         visual = visual[0].float().cpu() if visual is not None else None
