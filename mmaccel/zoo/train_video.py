@@ -9,9 +9,12 @@ conversations of temporal questions, some in lmms-eval's Video-MME prompt (four 
 ``--name-then-letter`` the option's text and then its letter), the others open-ended (answer a word). The loss is
 on answers only, plus helpers: a deep-supervision loss (:class:`TokenProbe`, dropped from the saved model) that
 asks every visual token what its object does (over the whole video, or with ``--causal-token-targets`` up to its
-own frame, :data:`CAUSAL_TRACK_FLAGS`), an option probe (``--option-probe``, :class:`OptionProbe`) and text-only
-letter questions (:func:`letter_batch`), alone for a short warm-up and then beside every video step. A run is
-deterministic for a given seed and step count.
+own frame, :data:`CAUSAL_TRACK_FLAGS`), an option probe (``--option-probe``, :class:`OptionProbe`), a summary probe
+(``--summary-probe``, :class:`SummaryProbe`: the whole timeline, after the video and at every answer) and text-only
+letter questions (:func:`letter_batch`), alone for a short warm-up and then beside every video step. With
+``--kind-first`` a named answer starts with the question's word for what it asks (``"last star: B"``), so the
+position that names the shape holds the question's kind in its own token. A run is deterministic for a given seed
+and step count.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ import torch
 from ..eval.videomme import videomme_prompt
 from .reference import VIDEO_FRAMES, WEIGHTS_DIR, build_shapes_video
 from .score import answer_video_question
-from .training import encode_conversation, pad_right, save_model, train_in_rounds, train_loop
+from .training import answer_positions, encode_conversation, pad_right, save_model, train_in_rounds, train_loop
 from .world import SHAPES, VideoScene, render_video, sample_video
-from .world.scenes import patch_labels
+from .world.scenes import COLOURS, patch_labels
 from .world.video_tasks import (
     LETTERS,
     VIDEO_QUESTION_KINDS,
@@ -61,33 +64,36 @@ def sample_questions(rng: np.random.Generator, num_turns: int, first: str | None
 
 def make_batch(processor: Any, rng: np.random.Generator, batch_size: int, num_turns: int,
                balanced_kinds: bool = False, num_frames: int = VIDEO_FRAMES, causal_targets: bool = False,
-               multiple_choice: float = 0.5, name_then_letter: bool = False) -> dict[str, torch.Tensor]:
+               multiple_choice: float = 0.5, name_then_letter: bool = False, kind_first: bool = False
+               ) -> dict[str, torch.Tensor]:
     """A right-padded batch of fresh ``num_frames``-frame videos with their conversations, and each visual token's
     deep-supervision targets (:func:`token_targets`): ``token_shapes`` and ``token_flags``, ``(batch, frames *
     tokens per frame)``, :data:`CAUSAL_TRACK_FLAGS` with ``causal_targets``; and where each four-option question's
     options are (:func:`option_targets`). ``balanced_kinds``: see ``answerable`` in :func:`sample_questions`;
     ``multiple_choice``: the share of questions asked with four options (the others are open-ended);
-    ``name_then_letter``: four-option answers name the option before its letter (:func:`video_qa_turns`)."""
+    ``name_then_letter``: four-option answers name the option before its letter, after the question's word for what
+    it asks with ``kind_first`` as well (:func:`video_qa_turns`)."""
     tokenizer = processor.tokenizer
     size = processor.video_processor.crop_size["height"]
     # LLaVA-NeXT-Video pools 2x2 patches into one visual token: its processor counts video tokens the same way
     # (image tokens // 4), whatever the model config's spatial_pool_stride
     cell = 2 * processor.patch_size
-    videos, sequences, shapes, flags, turn_lists = [], [], [], [], []
+    videos, sequences, shapes, flags, turn_lists, summaries = [], [], [], [], [], []
     for _ in range(batch_size):
         video, questions = sample_questions(rng, num_turns, answerable=balanced_kinds, num_frames=num_frames)
         videos.append(render_video(video, size=size, seed=int(rng.integers(2**31))))
-        turns = video_qa_turns(questions, rng, multiple_choice, name_then_letter)
+        turns = video_qa_turns(questions, rng, multiple_choice, name_then_letter, kind_first)
         turn_lists.append(turns)
         sequences.append(encode_conversation(tokenizer, turns, (size // cell) ** 2 * len(videos[-1]),
                                              media_token_id=tokenizer.video_token_id))
         token_shapes, token_flags = token_targets(video, size, cell, causal_targets)
         shapes.append(token_shapes)
         flags.append(token_flags)
+        summaries.append(video_summary(video))
     pixels = processor.video_processor(videos, return_tensors="pt")["pixel_values_videos"]
     return {**pad_right(sequences, tokenizer.pad_token_id), "pixel_values_videos": pixels,
             "token_shapes": torch.from_numpy(np.stack(shapes)), "token_flags": torch.from_numpy(np.stack(flags)),
-            **option_targets(tokenizer, sequences, turn_lists)}
+            **option_targets(tokenizer, sequences, turn_lists), **summary_targets(tokenizer, sequences, summaries)}
 
 
 def option_targets(tokenizer: Any, sequences: list[tuple[list[int], list[int]]],
@@ -162,6 +168,80 @@ def token_targets(video: VideoScene, size: int, cell: int, causal: bool = False)
     return shapes.ravel(), flags.reshape(-1, len(names))
 
 
+#: The sets of shapes :func:`video_summary` gives about a whole video, one per temporal question kind (and "seen").
+SUMMARY_SETS = ("seen", "first", "last", "moved", "left", "changed")
+
+
+def video_summary(video: VideoScene) -> tuple[np.ndarray, int]:
+    """What the whole video says, as the targets of :class:`SummaryProbe`: multi-hot flags, one row of
+    :data:`SUMMARY_SETS` over ``SHAPES`` each, then the colours that objects change to (over ``COLOURS``), flattened;
+    and the number of objects minus one."""
+    appear = [t.appear for t in video.tracks]
+    members = {"seen": video.tracks,
+               "first": [t for t in video.tracks if t.appear == min(appear)],
+               "last": [t for t in video.tracks if t.appear == max(appear)],
+               "moved": [t for t in video.tracks if t.moves],
+               "left": [t for t in video.tracks if t.leave < video.num_frames],
+               "changed": [t for t in video.tracks if t.change_at is not None]}
+    sets = np.zeros((len(SUMMARY_SETS), len(SHAPES)), np.float32)
+    for row, name in enumerate(SUMMARY_SETS):
+        for track in members[name]:
+            sets[row, SHAPES.index(track.shape)] = 1.0
+    colours = np.zeros(len(COLOURS), np.float32)
+    for track in members["changed"]:
+        colours[list(COLOURS).index(track.new_colour)] = 1.0
+    return np.concatenate([sets.ravel(), colours]), len(video.tracks) - 1
+
+
+def summary_targets(tokenizer: Any, sequences: list[tuple[list[int], list[int]]],
+                    summaries: list[tuple[np.ndarray, int]]) -> dict[str, torch.Tensor]:
+    """Where :class:`SummaryProbe` reads each conversation — the first token after the video and every position that
+    predicts an answer's first token — as ``summary_positions`` ``(batch, positions)`` (-1: none), with the video's
+    :func:`video_summary` as ``summary_flags`` and ``summary_count``."""
+    video = tokenizer.video_token_id
+    rows = []
+    for ids, labels in sequences:
+        after_video = max(i for i, token in enumerate(ids) if token == video) + 1
+        rows.append([after_video, *answer_positions(labels)])
+    positions = torch.full((len(rows), max(len(r) for r in rows)), -1, dtype=torch.long)
+    for row, places in enumerate(rows):
+        positions[row, :len(places)] = torch.tensor(places)
+    return {"summary_positions": positions,
+            "summary_flags": torch.from_numpy(np.stack([flags for flags, _ in summaries])),
+            "summary_count": torch.tensor([count for _, count in summaries])}
+
+
+class SummaryProbe(torch.nn.Module):
+    """Deep supervision, discarded after training: from the hidden state after layer ``layer`` at the first token
+    after the video and at every answer's first prediction, predict the whole video's :func:`video_summary` — which
+    shapes appeared first and last, moved, left, changed colour (and to what), and how many objects there were. It
+    asks the positions that see the whole video to gather the timeline in one place, so that an answer need only
+    read the part its question asks for."""
+
+    #: Classes of the object count (1 to 8 objects; videos have up to 4).
+    count_classes = 8
+    #: The flags' binary cross-entropy is a mean over 56 flags of which about five are set, so it is small beside the
+    #: count's cross-entropy and the answers' loss; this weight makes it count.
+    flag_weight = 8.0
+
+    def __init__(self, model: Any, layer: int = 3) -> None:
+        super().__init__()
+        self.layer = layer
+        self.flags = len(SUMMARY_SETS) * len(SHAPES) + len(COLOURS)
+        self.head = torch.nn.Linear(model.config.text_config.hidden_size, self.flags + self.count_classes)
+
+    def loss(self, hidden_states: tuple[torch.Tensor, ...], positions: torch.Tensor, flags: torch.Tensor,
+             count: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of the flags plus cross-entropy of the count, at every position given."""
+        used = positions >= 0
+        rows = torch.arange(positions.shape[0])[:, None].expand_as(positions)
+        logits = self.head(hidden_states[self.layer][rows[used], positions[used]].float())
+        flag_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits[:, :self.flags], flags[rows[used]])
+        return self.flag_weight * flag_loss + torch.nn.functional.cross_entropy(logits[:, self.flags:],
+                                                                                  count[rows[used]])
+
+
 class TokenProbe(torch.nn.Module):
     """Deep supervision, discarded after training: from the language model's hidden state after layer ``layer`` at
     every visual token, predict :func:`token_targets` — the shape the token shows and what its object does. It is
@@ -210,20 +290,20 @@ class OptionProbe(torch.nn.Module):
 
 
 def letter_batch(tokenizer: Any, rng: np.random.Generator, batch_size: int,
-                 name_then_letter: bool = False) -> dict[str, torch.Tensor]:
+                 name_then_letter: bool = False, kind_first: bool = False) -> dict[str, torch.Tensor]:
     """Text-only four-option questions in the Video-MME prompt whose question states its answer ("Which shape moves
     during the video? It is star."), answered with the letter. They teach the step every multiple-choice answer
     ends with — find the option that holds what the model knows and say its letter — which video answers alone
     teach too slowly: the letter loss sits at chance for hundreds of steps while the open-ended answers are
     learned. With ``name_then_letter`` the answer names the option first (``"star: B"``), as the video answers do
-    then."""
+    then, and with ``kind_first`` as well it starts with the question's word (``"moves star: B"``)."""
     sequences, turn_lists = [], []
     while len(sequences) < batch_size:
         question = video_question(sample_video(rng, num_frames=VIDEO_FRAMES), str(rng.choice(VIDEO_QUESTION_KINDS)),
                                   rng)
         if question is not None:
             prompt = videomme_prompt(f"{question.question} It is {option_text(question)}.", question.options)
-            turn_lists.append([(prompt, four_option_answer(question, name_then_letter))])
+            turn_lists.append([(prompt, four_option_answer(question, name_then_letter, kind_first))])
             sequences.append(encode_conversation(tokenizer, turn_lists[-1], 0))
     return {**pad_right(sequences, tokenizer.pad_token_id), **option_targets(tokenizer, sequences, turn_lists)}
 
@@ -239,7 +319,7 @@ def quick_videomme_accuracy(model: Any, processor: Any, seed: int, num_videos: i
         question = questions[0]
         frames = render_video(video, size=size, seed=int(rng.integers(2**31)))
         answer = answer_video_question(model, processor, frames, question.question, question.options,
-                                       max_new_tokens=4)
+                                       max_new_tokens=6)
         correct[question.kind].append(answer == question.answer)
     scores = {kind: round(float(np.mean(hits)), 3) for kind, hits in correct.items() if hits}
     return {"all": round(float(np.mean([hit for hits in correct.values() for hit in hits])), 3), **scores}
@@ -266,13 +346,16 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
           eval_every: int, save_every: int = 0, train_vision: bool = False, letter_warmup: int = 300,
           letter_batch_size: int = 16, balanced_kinds: bool = False, short_video_steps: int = 0,
           option_probe: bool = False, causal_targets: bool = False, multiple_choice: float = 0.5,
-          name_then_letter: bool = False, named_letters: bool = False) -> dict:
+          name_then_letter: bool = False, named_letters: bool = False, summary_probe: bool = False,
+          kind_first: bool = False) -> dict:
     """Train and save to ``out``; returns the run's summary (also written to ``out/training.json``).
 
     First ``letter_warmup`` steps on :func:`letter_batch` alone (64 questions a step, a few minutes), then
     ``steps`` steps on videos, each also with ``letter_batch_size`` text-only letter questions; the first
     ``short_video_steps`` of them show videos of 3 or 4 frames (drawn per batch), a curriculum. ``name_then_letter``:
-    four-option video answers name the option before its letter; ``named_letters``: the letter questions too."""
+    four-option video answers name the option before its letter; ``named_letters``: the letter questions too;
+    ``kind_first``: named answers start with the question's word for what it asks; ``summary_probe``: train with
+    :class:`SummaryProbe`."""
     torch.manual_seed(seed)
     model, processor = build_shapes_video(seed)
     initialise(model, init)
@@ -284,6 +367,9 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
 
     options = OptionProbe(model) if option_probe else None
     option_parameters = list(options.parameters()) if options is not None else []
+    summary = SummaryProbe(model) if summary_probe else None
+    if summary is not None:
+        option_parameters += list(summary.parameters())
 
     def option_loss(batch: dict[str, torch.Tensor], output: Any) -> dict[str, torch.Tensor]:
         if options is None:
@@ -298,19 +384,22 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     warmup_history, warmup_minutes = [], 0.0
     if letter_warmup:
         warmup_history, warmup_minutes = train_loop(
-            model, parameters + option_parameters, lambda: letter_batch(tokenizer, rng, 64, named_letters),
+            model, parameters + option_parameters, lambda: letter_batch(tokenizer, rng, 64, named_letters, kind_first),
             letter_losses, steps=letter_warmup, lr=lr, out=out)
 
     def losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         shapes, flags = batch.pop("token_shapes"), batch.pop("token_flags")
         targets = {key: batch.pop(key) for key in ("option_ends", "option_answers")}
+        summary_parts = [batch.pop(key) for key in ("summary_positions", "summary_flags", "summary_count")]
         output = model(**batch, output_hidden_states=True)
         parts = {"loss": output.loss, "token_loss": probe.loss(output.hidden_states,
                                                                batch["input_ids"] == tokenizer.video_token_id,
                                                                shapes, flags),
                  **option_loss(targets, output)}
+        if summary is not None:
+            parts["summary_loss"] = summary.loss(output.hidden_states, *summary_parts)
         if letter_batch_size:
-            parts.update(letter_losses(letter_batch(tokenizer, rng, letter_batch_size, named_letters)))
+            parts.update(letter_losses(letter_batch(tokenizer, rng, letter_batch_size, named_letters, kind_first)))
         return parts
 
     video_steps = 0
@@ -323,7 +412,7 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     history, minutes = train_loop(
         model, parameters + list(probe.parameters()) + option_parameters,
         lambda: make_batch(processor, rng, batch_size, num_turns, balanced_kinds, next_frames(), causal_targets,
-                           multiple_choice, name_then_letter),
+                           multiple_choice, name_then_letter, kind_first),
         losses, steps=steps, lr=lr, out=out,
         evaluate=lambda step: {f"quick_{kind}": score for kind, score in
                               quick_videomme_accuracy(model, processor, seed=20_000 + step).items()},
@@ -335,7 +424,8 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
                "letter_batch_size": letter_batch_size, "balanced_kinds": balanced_kinds,
                "short_video_steps": short_video_steps, "option_probe": option_probe,
                "causal_targets": causal_targets, "multiple_choice": multiple_choice,
-               "name_then_letter": name_then_letter, "named_letters": named_letters,
+               "name_then_letter": name_then_letter, "named_letters": named_letters, "summary_probe": summary_probe,
+               "kind_first": kind_first,
                "wall_minutes": round(warmup_minutes + minutes, 1),
                "quick_videomme_acc_heldout": final, "parameters": sum(p.numel() for p in model.parameters()),
                "letter_warmup_history": warmup_history, "history": history}
@@ -403,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
                              "which Video-MME's letter extraction reads as B")
     parser.add_argument("--named-letters", action="store_true",
                         help="the text-only letter questions are answered the same way (\"star: B\")")
+    parser.add_argument("--summary-probe", action="store_true",
+                        help="deep supervision of the whole video's timeline after it and at every answer "
+                             "(SummaryProbe)")
+    parser.add_argument("--kind-first", action="store_true",
+                        help="named answers (--name-then-letter, --named-letters) start with the question's word "
+                             "for what it asks (\"last star: B\")")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--recipe", choices=["bundled"], default=None,
                         help="run the bundled weights' whole recipe (rounds from --init, see BUNDLED_ROUNDS); "
@@ -435,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(Path(args.out), init, args.steps, args.batch_size, args.turns, args.lr, args.seed,
                     args.eval_every, args.save_every, args.train_vision, args.letter_warmup, args.letter_batch_size,
                     args.balanced_kinds, args.short_video_steps, args.option_probe, args.causal_token_targets,
-                    args.multiple_choice, args.name_then_letter, args.named_letters)
+                    args.multiple_choice, args.name_then_letter, args.named_letters, args.summary_probe,
+                    args.kind_first)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 

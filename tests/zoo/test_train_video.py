@@ -6,13 +6,16 @@ import torch
 from mmaccel.zoo.reference import VIDEO_FRAMES, build_shapes_image, shapes_video_processor
 from mmaccel.zoo.train_video import (
     CAUSAL_TRACK_FLAGS,
+    SUMMARY_SETS,
     TRACK_FLAGS,
     OptionProbe,
+    SummaryProbe,
     initialise,
     letter_batch,
     make_batch,
     sample_questions,
     token_targets,
+    video_summary,
 )
 from mmaccel.zoo.training import encode_conversation
 from mmaccel.zoo.world.video_tasks import option_text, video_qa_turns, videomme_prompt
@@ -60,6 +63,27 @@ def test_named_answers_give_the_option_then_its_letter_and_the_official_extracti
     assert len(kinds) == 6
     assert answer_letter("B") == "B" and answer_letter("star") is None and answer_letter("3") is None
     assert answer_letter("") is None and answer_letter("AB") is None
+
+
+def test_kind_first_answers_repeat_the_questions_word_then_name_the_option_and_give_its_letter():
+    from mmaccel.eval.videomme import extract_answer_letter
+    from mmaccel.zoo.world.video_tasks import KIND_WORDS, answer_letter
+
+    rng = np.random.default_rng(4)
+    kinds = set()
+    tokenizer = shapes_video_processor().tokenizer
+    for _ in range(40):
+        _, questions = sample_questions(rng, 3)
+        for question, (_, answer) in zip(questions, video_qa_turns(questions, rng, 1.0, True, True),
+                                         strict=True):
+            kinds.add(question.kind)
+            word = KIND_WORDS[question.kind]
+            assert f" {word} " in f" {question.question.lower()} "
+            assert answer == f"{word} {option_text(question)}: {question.answer}"
+            assert extract_answer_letter(answer) == answer_letter(answer) == question.answer
+    assert len(kinds) == 6
+    assert all(len(tokenizer(f" {word}", add_special_tokens=False)["input_ids"]) == 1 for word in KIND_WORDS.values())
+    assert video_qa_turns(questions, np.random.default_rng(0), 1.0, False, True)[0][1] == questions[0].answer
 
 
 def test_named_letter_questions_answer_the_stated_option_then_its_letter():
@@ -291,3 +315,59 @@ def test_the_bundled_recipe_refuses_the_options_it_sets(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_video.main(["--recipe", "bundled", "--out", str(tmp_path), "--steps", "10", "--option-probe"])
     assert "--option-probe, --steps" in capsys.readouterr().err
+
+
+def _known_video():
+    from mmaccel.zoo.world.scenes import BACKGROUNDS, Background
+    from mmaccel.zoo.world.videos import Track, VideoScene
+
+    circle = Track("circle", "red", 0.25, (0.25, 0.25), (0.25, 0.25), appear=0, leave=3, change_at=1,
+                   new_colour="blue")
+    star = Track("star", "green", 0.25, (0.75, 0.75), (0.75, 0.3), appear=1, leave=4)
+    ring = Track("ring", "white", 0.2, (0.5, 0.5), (0.5, 0.5), appear=2, leave=4)
+    return VideoScene("garden", Background(BACKGROUNDS[0], (90, 90, 90), (110, 110, 110), 8, 0.0), 4,
+                      (circle, star, ring))
+
+
+def test_the_video_summary_of_a_known_timeline():
+    from mmaccel.zoo.world import SHAPES
+    from mmaccel.zoo.world.scenes import COLOURS
+
+    flags, count = video_summary(_known_video())
+    sets = flags[:len(SUMMARY_SETS) * len(SHAPES)].reshape(len(SUMMARY_SETS), len(SHAPES))
+    named = {name: {SHAPES[i] for i in np.flatnonzero(row)} for name, row in zip(SUMMARY_SETS, sets, strict=True)}
+    assert named == {"seen": {"circle", "star", "ring"}, "first": {"circle"}, "last": {"ring"}, "moved": {"star"},
+                     "left": {"circle"}, "changed": {"circle"}}
+    colours = flags[len(SUMMARY_SETS) * len(SHAPES):]
+    assert [c for c, flag in zip(COLOURS, colours, strict=True) if flag] == ["blue"]
+    assert count == 2
+
+
+def test_summary_targets_sit_after_the_video_and_before_each_answer():
+    processor = shapes_video_processor()
+    tokenizer = processor.tokenizer
+    batch = make_batch(processor, np.random.default_rng(5), batch_size=2, num_turns=3)
+    for ids, labels, positions in zip(batch["input_ids"], batch["labels"], batch["summary_positions"],
+                                      strict=True):
+        video = (ids == tokenizer.video_token_id).nonzero().flatten()
+        assert positions[0] == video[-1] + 1 and ids[positions[0]] != tokenizer.video_token_id
+        answers = positions[1:][positions[1:] >= 0]
+        assert len(answers) == 3
+        assert all(labels[p] == -100 and labels[p + 1] != -100 for p in answers)
+        assert all(tokenizer.decode(ids[p]).endswith(":") for p in answers)
+    assert batch["summary_flags"].shape == (2, len(SUMMARY_SETS) * 8 + 8)
+
+
+def test_the_summary_probe_scores_every_position_given(tiny):
+    model, _ = tiny("llava")
+    probe = SummaryProbe(model, layer=1)
+    hidden = torch.randn(2, 12, model.config.text_config.hidden_size)
+    positions = torch.tensor([[3, 7, -1], [2, 5, 9]])
+    flags = (torch.rand(2, probe.flags) > 0.8).float()
+    count = torch.tensor([1, 3])
+    loss = probe.loss((hidden, hidden), positions, flags, count)
+    logits = probe.head(torch.stack([hidden[0, 3], hidden[0, 7], hidden[1, 2], hidden[1, 5], hidden[1, 9]]))
+    rows = torch.tensor([0, 0, 1, 1, 1])
+    expected = (8 * torch.nn.functional.binary_cross_entropy_with_logits(logits[:, :probe.flags], flags[rows])
+                + torch.nn.functional.cross_entropy(logits[:, probe.flags:], count[rows]))
+    assert torch.allclose(loss, expected)

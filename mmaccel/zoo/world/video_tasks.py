@@ -33,6 +33,9 @@ VIDEO_QUESTION_KINDS = ("first", "last", "moved", "left", "count", "change")
 TASK_TYPES = {"first": "Temporal Reasoning", "last": "Temporal Reasoning", "moved": "Action Recognition",
               "left": "Temporal Perception", "count": "Counting Problem", "change": "Attribute Perception"}
 LETTERS = "ABCD"
+#: The word of each kind's question that says what it asks for, which a ``kind_first`` answer repeats first.
+KIND_WORDS = {"first": "first", "last": "last", "moved": "moves", "left": "leaves", "count": "many",
+              "change": "change"}
 
 
 @dataclass(frozen=True)
@@ -62,24 +65,29 @@ def option_text(question: VideoQuestion) -> str:
 
 
 def video_qa_turns(questions: list[VideoQuestion], rng: np.random.Generator, multiple_choice: float = 0.5,
-                   name_then_letter: bool = False) -> list[tuple[str, str]]:
+                   name_then_letter: bool = False, kind_first: bool = False) -> list[tuple[str, str]]:
     """(prompt, answer) pairs: each question as lmms-eval's Video-MME prompt (answer: the letter, or with
-    ``name_then_letter`` the option's text and then its letter, ``"star: B"``) with probability ``multiple_choice``,
-    otherwise open-ended with the short-answer post-prompt (answer: the option's text)."""
+    ``name_then_letter`` the option's text and then its letter, ``"star: B"``, after the question's word with
+    ``kind_first`` as well, :func:`four_option_answer`) with probability ``multiple_choice``, otherwise open-ended
+    with the short-answer post-prompt (answer: the option's text)."""
     turns = []
     for question in questions:
         if rng.random() < multiple_choice:
             turns.append((videomme_prompt(question.question, question.options),
-                          four_option_answer(question, name_then_letter)))
+                          four_option_answer(question, name_then_letter, kind_first)))
         else:
             turns.append((question.question + SHORT_ANSWER_PROMPT, option_text(question)))
     return turns
 
 
-def four_option_answer(question: VideoQuestion, name_then_letter: bool = False) -> str:
+def four_option_answer(question: VideoQuestion, name_then_letter: bool = False, kind_first: bool = False) -> str:
     """The answer to ``question`` asked with its four options: the right letter, or with ``name_then_letter`` the
-    option's text and then its letter (``"star: B"``)."""
-    return f"{option_text(question)}: {question.answer}" if name_then_letter else question.answer
+    option's text and then its letter (``"star: B"``), and with ``kind_first`` as well the question's word for what
+    it asks before them (``"last star: B"``, :data:`KIND_WORDS`)."""
+    if not name_then_letter:
+        return question.answer
+    named = f"{option_text(question)}: {question.answer}"
+    return f"{KIND_WORDS[question.kind]} {named}" if kind_first else named
 
 
 def answer_letter(answer: str) -> str | None:
