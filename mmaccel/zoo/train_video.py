@@ -45,6 +45,7 @@ from .world.video_tasks import (
     video_question,
     video_questions,
 )
+from .world.videos import Track
 
 
 def sample_questions(rng: np.random.Generator, num_turns: int, first: str | None = None, answerable: bool = False,
@@ -163,12 +164,19 @@ def token_targets(video: VideoScene, size: int, cell: int, causal: bool = False)
                 flags[frame, token] = [track.appear == min(appear), frame == track.appear,
                                        (here.x, here.y) != (then.x, then.y), here.colour != then.colour]
             else:
-                flags[frame, token] = [track.appear == min(appear), track.appear == max(appear), track.moves,
-                                       track.leave < video.num_frames, track.change_at is not None]
+                flags[frame, token] = whole_video_flags(video, track)
     return shapes.ravel(), flags.reshape(-1, len(names))
 
 
-#: The sets of shapes :func:`video_summary` gives about a whole video, one per temporal question kind (and "seen").
+def whole_video_flags(video: VideoScene, track: Track) -> list[bool]:
+    """:data:`TRACK_FLAGS` of one of ``video``'s tracks: what its object does over the whole video."""
+    appear = [t.appear for t in video.tracks]
+    return [track.appear == min(appear), track.appear == max(appear), track.moves, track.leave < video.num_frames,
+            track.change_at is not None]
+
+
+#: The sets of shapes :func:`video_summary` gives about a whole video: "seen", then one per :data:`TRACK_FLAGS`, in
+#: its order.
 SUMMARY_SETS = ("seen", "first", "last", "moved", "left", "changed")
 
 
@@ -176,20 +184,13 @@ def video_summary(video: VideoScene) -> tuple[np.ndarray, int]:
     """What the whole video says, as the targets of :class:`SummaryProbe`: multi-hot flags, one row of
     :data:`SUMMARY_SETS` over ``SHAPES`` each, then the colours that objects change to (over ``COLOURS``), flattened;
     and the number of objects minus one."""
-    appear = [t.appear for t in video.tracks]
-    members = {"seen": video.tracks,
-               "first": [t for t in video.tracks if t.appear == min(appear)],
-               "last": [t for t in video.tracks if t.appear == max(appear)],
-               "moved": [t for t in video.tracks if t.moves],
-               "left": [t for t in video.tracks if t.leave < video.num_frames],
-               "changed": [t for t in video.tracks if t.change_at is not None]}
     sets = np.zeros((len(SUMMARY_SETS), len(SHAPES)), np.float32)
-    for row, name in enumerate(SUMMARY_SETS):
-        for track in members[name]:
-            sets[row, SHAPES.index(track.shape)] = 1.0
     colours = np.zeros(len(COLOURS), np.float32)
-    for track in members["changed"]:
-        colours[list(COLOURS).index(track.new_colour)] = 1.0
+    for track in video.tracks:
+        rows = np.flatnonzero([True, *whole_video_flags(video, track)])
+        sets[rows, SHAPES.index(track.shape)] = 1.0
+        if track.change_at is not None:
+            colours[list(COLOURS).index(track.new_colour)] = 1.0
     return np.concatenate([sets.ravel(), colours]), len(video.tracks) - 1
 
 
@@ -366,10 +367,8 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     parameters = [p for p in model.parameters() if p.requires_grad]
 
     options = OptionProbe(model) if option_probe else None
-    option_parameters = list(options.parameters()) if options is not None else []
     summary = SummaryProbe(model) if summary_probe else None
-    if summary is not None:
-        option_parameters += list(summary.parameters())
+    helper_parameters = [p for helper in (options, summary) if helper is not None for p in helper.parameters()]
 
     def option_loss(batch: dict[str, torch.Tensor], output: Any) -> dict[str, torch.Tensor]:
         if options is None:
@@ -384,7 +383,7 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     warmup_history, warmup_minutes = [], 0.0
     if letter_warmup:
         warmup_history, warmup_minutes = train_loop(
-            model, parameters + option_parameters, lambda: letter_batch(tokenizer, rng, 64, named_letters, kind_first),
+            model, parameters + helper_parameters, lambda: letter_batch(tokenizer, rng, 64, named_letters, kind_first),
             letter_losses, steps=letter_warmup, lr=lr, out=out)
 
     def losses(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -410,7 +409,7 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
         return int(rng.integers(3, 5)) if video_steps <= short_video_steps else VIDEO_FRAMES
 
     history, minutes = train_loop(
-        model, parameters + list(probe.parameters()) + option_parameters,
+        model, parameters + list(probe.parameters()) + helper_parameters,
         lambda: make_batch(processor, rng, batch_size, num_turns, balanced_kinds, next_frames(), causal_targets,
                            multiple_choice, name_then_letter, kind_first),
         losses, steps=steps, lr=lr, out=out,
