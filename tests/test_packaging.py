@@ -44,3 +44,27 @@ def test_the_installed_package_imports_every_package(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_checkout_kernels_folder_does_not_hide_the_kernels_distribution():
+    """From the repository root, ``import kernels`` finds the top-level ``kernels/`` folder first; transformers
+    (5.25 on) imports the ``kernels`` distribution of that name, so the folder hands over to it."""
+    import importlib.metadata
+    import os
+    import subprocess
+    import sys
+
+    code = ("import kernels, mmaccel.kernels; "
+            "print(kernels.__file__); print(mmaccel.kernels.__file__); print(callable(mmaccel.kernels.attention))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    try:
+        importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        assert result.returncode != 0 and "no installed `kernels` package" in result.stderr, result.stderr[-2000:]
+        return
+    assert result.returncode == 0, result.stderr[-2000:]
+    distribution_file, ours, callable_attention = result.stdout.split()
+    assert Path(distribution_file).resolve() != Path(ours).resolve()
+    assert Path(ours).resolve() == ROOT / "kernels" / "__init__.py"
+    assert callable_attention == "True"
