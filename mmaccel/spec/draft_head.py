@@ -172,6 +172,11 @@ class DraftHeadCandidates(CandidateGenerator):
         self._drafted = 0
         self._last_prediction: torch.Tensor | None = None
 
+    @property
+    def num_drafting_tokens(self) -> int:
+        """The most tokens drafted per step (transformers 5.25 on asks, to size what a cache keeps for rollback)."""
+        return self.num_tokens
+
     @torch.no_grad()
     def get_candidates(self, input_ids: torch.LongTensor, model_kwargs: dict | None = None,
                        model_outputs: Any = None, is_first_iteration: bool = False, **kwargs: Any

@@ -66,6 +66,11 @@ class DraftModelCandidates(CandidateGenerator):
         self.offset_holders = rope_offset_holders(drafter)  # an M-RoPE drafter's modules with ``rope_deltas``
         self._drafted = 0
 
+    @property
+    def num_drafting_tokens(self) -> int:
+        """The most tokens drafted per step (transformers 5.25 on asks, to size what a cache keeps for rollback)."""
+        return self.num_tokens
+
     @torch.no_grad()
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs: Any) -> tuple[torch.LongTensor, None]:
         """``input_ids`` and the drafter's greedy continuation of it."""

@@ -27,6 +27,11 @@ class PromptLookupCandidates(CandidateGenerator):
         self.stats = stats
         self._drafted = 0
 
+    @property
+    def num_drafting_tokens(self) -> int:
+        """The most tokens drafted per step (transformers 5.25 on asks, to size what a cache keeps for rollback)."""
+        return self.num_tokens
+
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, None]:
         """``input_ids`` followed by the draft (possibly empty), and no draft logits (the draft is deterministic)."""
         room = self.max_length - input_ids.shape[1] - 1  # the target adds one token of its own
