@@ -432,10 +432,15 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     return summary
 
 
+#: Rounds 9 on of :data:`BUNDLED_ROUNDS`: named four-option answers (the letter questions too) that start with the
+#: question's word for what it asks, the summary probe, the vision tower trained, and each round's own videos.
+KIND_FIRST_ROUND = {"steps": 400, "lr": 3e-4, "option_probe": True, "multiple_choice": 1.0, "name_then_letter": True,
+                    "named_letters": True, "kind_first": True, "summary_probe": True, "train_vision": True}
 #: The bundled weights' recipe, rounds each continuing the one before (the first from ``shapes-image``'s round 2,
 #: :data:`IMAGE_ROUNDS`): causal token targets on answerable videos, then the option probe with a short letter
 #: warm-up at a lower learning rate, then ever more of the video questions asked with four options, then four-option
-#: answers that name the option before its letter (the letter questions too, in the last two rounds).
+#: answers that name the option before its letter (the letter questions too, from round 7), then those answers
+#: starting with the question's kind (:data:`KIND_FIRST_ROUND`, seeded by the round's number).
 BUNDLED_ROUNDS = (
     {"steps": 1500, "lr": 5e-4, "letter_warmup": 300},
     {"steps": 500, "lr": 3e-4, "letter_warmup": 50, "option_probe": True},
@@ -448,12 +453,16 @@ BUNDLED_ROUNDS = (
      "name_then_letter": True, "named_letters": True},
     {"steps": 400, "lr": 3e-4, "letter_warmup": 0, "option_probe": True, "multiple_choice": 1.0,
      "name_then_letter": True, "named_letters": True},
+    {**KIND_FIRST_ROUND, "letter_warmup": 50, "seed": 9},
+    {**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": 10},
+    {**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": 11},
+    {**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": 12},
 )
 #: The rounds of ``shapes-image``'s recipe (``python -m mmaccel.zoo.train_image --recipe bundled --rounds 2``) whose
 #: model :data:`BUNDLED_ROUNDS` starts from: the bundled ``shapes-image`` has a third round, added later.
 IMAGE_ROUNDS = 2
-#: What every round of :data:`BUNDLED_ROUNDS` shares.
-BUNDLED_COMMON = {"balanced_kinds": True, "causal_targets": True, "seed": 0}
+#: What the rounds of :data:`BUNDLED_ROUNDS` share unless they say otherwise (from round 9: seed and tower).
+BUNDLED_COMMON = {"balanced_kinds": True, "causal_targets": True, "seed": 0, "train_vision": False}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -523,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = train_in_rounds(train, Path(args.out), BUNDLED_ROUNDS, init, args.keep_rounds,
                                   **BUNDLED_COMMON, batch_size=args.batch_size, num_turns=args.turns,
                                   eval_every=args.eval_every, save_every=args.save_every,
-                                  train_vision=args.train_vision, letter_batch_size=args.letter_batch_size,
+                                  letter_batch_size=args.letter_batch_size,
                                   short_video_steps=args.short_video_steps)
         print(json.dumps({k: v for k, v in summary.items() if "history" not in k}))
         return 0

@@ -293,6 +293,11 @@ def test_the_bundled_recipe_runs_its_rounds_from_the_image_model(tmp_path, monke
     for (_, _, kwargs), stage in zip(calls, train_video.BUNDLED_ROUNDS, strict=True):
         assert kwargs["batch_size"] == 2 and kwargs["causal_targets"] and kwargs["balanced_kinds"]
         assert {key: kwargs[key] for key in stage} == stage
+    assert not any(kwargs["train_vision"] or kwargs.get("kind_first") for _, _, kwargs in calls[:8])
+    kind_first_rounds = [kwargs for _, _, kwargs in calls[8:]]
+    assert kind_first_rounds and all(kwargs["kind_first"] and kwargs["summary_probe"] and kwargs["train_vision"]
+                                     for kwargs in kind_first_rounds)
+    assert len({kwargs["seed"] for kwargs in kind_first_rounds}) == len(kind_first_rounds)
     saved = json.loads((tmp_path / "m" / "training.json").read_text())
     assert saved["wall_minutes_all_rounds"] == len(train_video.BUNDLED_ROUNDS)
 
@@ -313,8 +318,9 @@ def test_the_bundled_recipe_refuses_the_options_it_sets(tmp_path, capsys):
     from mmaccel.zoo import train_video
 
     with pytest.raises(SystemExit):
-        train_video.main(["--recipe", "bundled", "--out", str(tmp_path), "--steps", "10", "--option-probe"])
-    assert "--option-probe, --steps" in capsys.readouterr().err
+        train_video.main(["--recipe", "bundled", "--out", str(tmp_path), "--steps", "10", "--option-probe",
+                          "--train-vision", "--kind-first"])
+    assert "--kind-first, --option-probe, --steps, --train-vision" in capsys.readouterr().err
 
 
 def _known_video():
