@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -74,6 +75,22 @@ class _SubConfig:
             f"{cls.SECTION}={value!r} must be a {cls.__name__}, a dict of its fields, or a string for "
             f"{cls.SECTION}.{cls.PRIMARY}"
         )
+
+
+def _warn_if_ignored(section: _SubConfig, settings: dict[str, Any]) -> None:
+    """Warn when ``settings`` (a dict given for ``section``) change fields of a section that stays off, so nothing
+    reads them: ``{"stream": {"recent_frames": 8}}`` without ``"method": "carrier"`` streams nothing."""
+    if section.enabled:
+        return
+    defaults = type(section)()
+    changed = sorted(key for key, value in settings.items()
+                     if key != section.PRIMARY and value != getattr(defaults, key))
+    if changed:
+        allowed = [choice for choice in section.CHOICES.get(section.PRIMARY, ()) if choice != "none"]
+        warnings.warn(f"{', '.join(f'{section.SECTION}.{key}' for key in changed)} set, but "
+                      f"{section.SECTION}.{section.PRIMARY} is 'none', so the section is off and they do nothing; "
+                      f"set {section.SECTION}.{section.PRIMARY} to one of {', '.join(map(repr, allowed))}",
+                      UserWarning, stacklevel=4)
 
 
 @dataclass
@@ -336,10 +353,12 @@ class AccelConfig:
                 raise ConfigError(f"unknown config key {key!r} (value {value!r}); allowed: {', '.join(_SECTIONS)}")
         current = {name: getattr(self, name) for name in _SECTIONS}
         for key, value in sections.items():
+            settings = value if isinstance(value, dict) else {}
             if isinstance(value, dict):
                 # A dict updates the section field by field rather than resetting the fields it does not name.
                 value = {**dataclasses.asdict(current[key]), **value}
             current[key] = _SECTIONS[key].from_value(value)
+            _warn_if_ignored(current[key], settings)
         return AccelConfig(**current)
 
     # -- serialisation ------------------------------------------------------------------------------------------

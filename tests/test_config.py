@@ -92,3 +92,20 @@ def test_load_reads_json_file_and_reports_missing(tmp_path):
 
 def test_config_is_a_value_error_for_callers_that_catch_those():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_settings_of_a_section_left_off_are_warned_about():
+    import warnings
+
+    import pytest
+
+    from mmaccel.config import AccelConfig
+
+    with pytest.warns(UserWarning, match=r"stream.recent_frames set, but stream.method is 'none'.*'carrier'"):
+        off = AccelConfig.from_dict({"stream": {"recent_frames": 8}})
+    assert not off.stream.enabled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        on = AccelConfig.from_dict({"stream": {"method": "carrier", "recent_frames": 8}})
+        AccelConfig.from_dict(on.to_dict())
+        AccelConfig.from_dict(AccelConfig().to_dict())  # a round trip of sections at their defaults says nothing
