@@ -353,10 +353,10 @@ class AccelConfig:
                 raise ConfigError(f"unknown config key {key!r} (value {value!r}); allowed: {', '.join(_SECTIONS)}")
         current = {name: getattr(self, name) for name in _SECTIONS}
         for key, value in sections.items():
-            settings = value if isinstance(value, dict) else {}
+            settings = {}
             if isinstance(value, dict):
                 # A dict updates the section field by field rather than resetting the fields it does not name.
-                value = {**dataclasses.asdict(current[key]), **value}
+                settings, value = value, {**dataclasses.asdict(current[key]), **value}
             current[key] = _SECTIONS[key].from_value(value)
             _warn_if_ignored(current[key], settings)
         return AccelConfig(**current)

@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
-from transformers.generation.candidate_generator import CandidateGenerator
 
+from .candidates import DraftCandidates
 from .stats import AcceptanceStats
 
 HEAD_FILE = "draft_head.safetensors"
@@ -150,7 +150,7 @@ def head_positions_of(prompt_rope: torch.Tensor | None, rows: torch.Tensor) -> t
     return torch.where(tokens[None] < length, inside, after)
 
 
-class DraftHeadCandidates(CandidateGenerator):
+class DraftHeadCandidates(DraftCandidates):
     """Drafts up to ``num_tokens`` tokens per step with a :class:`DraftHead` (greedy draft, stopped early where the
     head's probability of its own guess falls under ``min_confidence``, as transformers' assistants do), for
     assisted decoding."""
@@ -171,11 +171,6 @@ class DraftHeadCandidates(CandidateGenerator):
         self.prompt_rope: torch.Tensor | None = None  # an M-RoPE target's (3, 1, L) prompt positions
         self._drafted = 0
         self._last_prediction: torch.Tensor | None = None
-
-    @property
-    def num_drafting_tokens(self) -> int:
-        """The most tokens drafted per step (transformers 5.25 on asks, to size what a cache keeps for rollback)."""
-        return self.num_tokens
 
     @torch.no_grad()
     def get_candidates(self, input_ids: torch.LongTensor, model_kwargs: dict | None = None,
@@ -258,7 +253,3 @@ class DraftHeadCandidates(CandidateGenerator):
         extra = self.cache.get_seq_length() - length
         if extra > 0:
             self.cache.crop(-extra)
-
-    def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
-        """Record how many of the last draft's tokens the target accepted."""
-        self.stats.record(self._drafted, int(num_matches))

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-from transformers.generation.candidate_generator import CandidateGenerator
 
 from ..positions import continuation_position_ids, rope_offset_holders
+from .candidates import DraftCandidates
 from .stats import AcceptanceStats
 
 #: The folder inside a model's own folder where ``spec="draft_model"`` finds the drafter when none is named
@@ -50,7 +50,7 @@ def default_drafter(model: Any) -> str:
     return str(folder) if folder is not None and (folder / "config.json").is_file() else ""
 
 
-class DraftModelCandidates(CandidateGenerator):
+class DraftModelCandidates(DraftCandidates):
     """Drafts up to ``num_tokens`` tokens per step with ``drafter`` for assisted decoding (module docstring).
     ``media`` are the call's media inputs (:func:`media_inputs`), ``prompt_mask`` its attention mask."""
 
@@ -65,11 +65,6 @@ class DraftModelCandidates(CandidateGenerator):
         self.read = torch.zeros((1, 0), dtype=torch.long)  # the tokens the drafter's cache holds
         self.offset_holders = rope_offset_holders(drafter)  # an M-RoPE drafter's modules with ``rope_deltas``
         self._drafted = 0
-
-    @property
-    def num_drafting_tokens(self) -> int:
-        """The most tokens drafted per step (transformers 5.25 on asks, to size what a cache keeps for rollback)."""
-        return self.num_tokens
 
     @torch.no_grad()
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs: Any) -> tuple[torch.LongTensor, None]:
@@ -133,7 +128,3 @@ class DraftModelCandidates(CandidateGenerator):
                              f"media token layout") from err
         self.read = torch.cat([self.read.to(tokens.device), tokens], dim=1)
         return out.logits
-
-    def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
-        """Record how many of the last draft's tokens the target accepted."""
-        self.stats.record(self._drafted, int(num_matches))

@@ -10,12 +10,12 @@ and what was accepted (:class:`~mmaccel.spec.stats.AcceptanceStats`).
 from __future__ import annotations
 
 import torch
-from transformers.generation.candidate_generator import CandidateGenerator
 
+from .candidates import DraftCandidates
 from .stats import AcceptanceStats
 
 
-class PromptLookupCandidates(CandidateGenerator):
+class PromptLookupCandidates(DraftCandidates):
     """Drafts up to ``num_tokens`` tokens by n-gram lookup, for transformers' assisted decoding (batch 1)."""
 
     def __init__(self, num_tokens: int, max_ngram: int, min_ngram: int, media_token_ids: set[int],
@@ -26,11 +26,6 @@ class PromptLookupCandidates(CandidateGenerator):
         self.max_length = max_length
         self.stats = stats
         self._drafted = 0
-
-    @property
-    def num_drafting_tokens(self) -> int:
-        """The most tokens drafted per step (transformers 5.25 on asks, to size what a cache keeps for rollback)."""
-        return self.num_tokens
 
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, None]:
         """``input_ids`` followed by the draft (possibly empty), and no draft logits (the draft is deterministic)."""
@@ -63,7 +58,3 @@ class PromptLookupCandidates(CandidateGenerator):
                 if continuation.numel():
                     return continuation
         return sequence.new_empty(0)
-
-    def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
-        """Record how many of the last draft's tokens the target accepted."""
-        self.stats.record(self._drafted, int(num_matches))
