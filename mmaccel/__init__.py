@@ -13,6 +13,7 @@ _repo_root = _Path(__file__).resolve().parent.parent
 if (_repo_root / "pyproject.toml").is_file() and (_repo_root / "adapters" / "__init__.py").is_file():
     __path__.append(str(_repo_root))  # noqa: F821 - __path__ is defined for packages
 
+from .compat import UnsupportedTransformersError  # noqa: E402
 from .config import PRESETS, AccelConfig, ConfigError  # noqa: E402
 from .patch import accelerate, get_config, is_accelerated, restore  # noqa: E402
 from .stream import StreamSession, stream  # noqa: E402
@@ -29,5 +30,6 @@ __all__ = [
     "restore",
     "stream",
     "StreamSession",
+    "UnsupportedTransformersError",
     "__version__",
 ]

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .compat import require_supported_transformers
 from .config import AccelConfig
 from .memory import tensor_bytes, track_peak_memory
 from .patch import accelerate, get_state, restore
@@ -224,7 +225,7 @@ def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_token
     for side in SIDES:
         _set_side(model, side, config, processor)
         for _ in range(warmup):
-            run_once(model, samples[0], max_new_tokens, measure_memory=False)
+            run_once(model, samples[0].to(device), max_new_tokens, measure_memory=False)
     bar = tqdm(samples, desc="bench", unit="sample", disable=not progress, file=sys.stderr)
     for index, inputs in enumerate(bar):
         inputs = inputs.to(device)
@@ -348,6 +349,7 @@ def main(args: BenchArgs) -> int:
     """Run the benchmark described by ``args``, print the table and write ``--json`` if asked."""
     from .models import load_model, resolve_dtype
 
+    require_supported_transformers()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     dtype = resolve_dtype(args.dtype, device)

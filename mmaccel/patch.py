@@ -16,6 +16,7 @@ from torch import nn
 
 from .adapters import ModelAdapter, get_adapter
 from .attention import ATTENTION_NAME, BACKEND_ATTR, check_triton_usable, register_attention
+from .compat import require_supported_transformers
 from .config import AccelConfig, ConfigError
 
 #: Attribute of the model instance that holds its :class:`PatchState`.
@@ -120,8 +121,10 @@ def accelerate(model: nn.Module, config: AccelConfig | dict | str | None = None,
     ignored otherwise.
     Calling it again reconfigures the model (the previous patches are removed first). Raises
     ``UnsupportedModelError`` for a model family without an adapter and ``ConfigError`` for a bad configuration,
-    before anything is changed.
+    before anything is changed, and ``UnsupportedTransformersError`` when the installed transformers is older than
+    5.24 (or 6 and newer).
     """
+    require_supported_transformers()
     resolved = AccelConfig.resolve(config, **overrides)
     if resolved.contrast.method == "code" and processor is None:
         raise ConfigError("contrast='code' writes the model's description of its media into the prompt and needs "

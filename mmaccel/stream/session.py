@@ -38,6 +38,7 @@ import torch
 from transformers import DynamicCache, TextIteratorStreamer
 
 from ..adapters import get_adapter
+from ..compat import require_supported_transformers
 from ..config import StreamConfig
 from ..memory import tensor_bytes
 
@@ -60,6 +61,7 @@ class StreamSession:
     """A live video conversation over a bounded KV cache (see the module docstring)."""
 
     def __init__(self, model: Any, processor: Any, config: StreamConfig | dict | None = None):
+        require_supported_transformers()
         config = StreamConfig.from_value(config if config is not None else {"method": "carrier"})
         if model.config.model_type not in STREAM_FAMILIES:
             raise ValueError(f"streaming supports model types {', '.join(STREAM_FAMILIES)}; got "
