@@ -22,7 +22,7 @@ from mmaccel.models import load_model, resolve_dtype
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="shapes-image")
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--rows", type=int, default=20, help="operators listed per side")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     model, processor = load_model(args.model, device=device, dtype=resolve_dtype("auto", device), seed=0)
     inputs = bench_inputs(args.model, processor, 1, 1, None, 0)[0].to(device)
