@@ -1,9 +1,9 @@
 """The transformers releases mmaccel runs on, checked where a user first hands it a model.
 
 transformers 5.24 renamed the cache argument of every model's forward from ``past_key_values`` to ``cache`` (and the
-field of ``generate``'s output with it). mmaccel's components read and pass ``cache``; on an earlier release they do
-not fail, they silently do less (the mixed-precision KV cache is never installed, streaming re-reads its frames), so
-the version is checked instead of guessed around.
+field of ``generate``'s output with it). mmaccel's components read and pass ``cache``. On an earlier release some
+of them silently do less (on 5.17 the mixed-precision KV cache was never installed) and ``mmaccel bench`` failed
+reading the output, so the version is checked instead of guessed around.
 """
 
 from __future__ import annotations
