@@ -222,10 +222,11 @@ def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_token
 
     device = next(model.parameters()).device
     per_sample: list[dict[str, Any]] = []
+    warmup_inputs = samples[0].to(device)
     for side in SIDES:
         _set_side(model, side, config, processor)
         for _ in range(warmup):
-            run_once(model, samples[0].to(device), max_new_tokens, measure_memory=False)
+            run_once(model, warmup_inputs, max_new_tokens, measure_memory=False)
     bar = tqdm(samples, desc="bench", unit="sample", disable=not progress, file=sys.stderr)
     for index, inputs in enumerate(bar):
         inputs = inputs.to(device)

@@ -29,7 +29,8 @@ def _unsupported_reason(version: str) -> str | None:
     if Version(MIN_TRANSFORMERS) <= found < Version(MAX_TRANSFORMERS_EXCLUSIVE):
         return None
     return (f"mmaccel needs transformers >={MIN_TRANSFORMERS},<{MAX_TRANSFORMERS_EXCLUSIVE}, found {version}"
-            + (f" (models take their cache as `cache=` from {MIN_TRANSFORMERS} on)" if found < Version("6") else "")
+            + (f" (models take their cache as `cache=` from {MIN_TRANSFORMERS} on)"
+               if found < Version(MIN_TRANSFORMERS) else "")
             + f"; install a supported release: pip install 'transformers>={MIN_TRANSFORMERS},"
               f"<{MAX_TRANSFORMERS_EXCLUSIVE}'")
 
