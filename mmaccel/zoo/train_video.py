@@ -1,6 +1,7 @@
 """Train ``shapes-video`` on shapes-world videos, on CPU. The bundled weights' whole recipe is one command,
 ``python -m mmaccel.zoo.train_video --recipe bundled --out DIR`` (:data:`BUNDLED_ROUNDS`, each round going on from
-the one before); without ``--recipe`` one run with the options given.
+the one before; ``--recipe short`` runs :data:`SHORT_ROUNDS`); without ``--recipe`` one run with the options
+given.
 
 The model starts from a ``shapes-image`` (its vision tower, projector and language model load into
 LLaVA-NeXT-Video's, which adds 2x2 pooling of each frame); the vision tower stays frozen unless ``--train-vision``.
@@ -458,6 +459,15 @@ BUNDLED_ROUNDS = (
     {**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": 11},
     {**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": 12},
 )
+#: A shorter recipe (``--recipe short``), not yet the bundled weights': :data:`KIND_FIRST_ROUND` from the first round,
+#: with none of the bundled recipe's rounds 1-8; the first round is longer, at a higher learning rate, after a
+#: 300-step letter warm-up. It starts from the same ``shapes-image`` round 2 (:data:`IMAGE_ROUNDS`).
+SHORT_ROUNDS = (
+    {**KIND_FIRST_ROUND, "steps": 800, "lr": 5e-4, "letter_warmup": 300, "seed": 9},
+    *({**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": seed} for seed in range(10, 14)),
+)
+#: The recipes ``--recipe`` runs, by name.
+RECIPES = {"bundled": BUNDLED_ROUNDS, "short": SHORT_ROUNDS}
 #: The rounds of ``shapes-image``'s recipe (``python -m mmaccel.zoo.train_image --recipe bundled --rounds 2``) whose
 #: model :data:`BUNDLED_ROUNDS` starts from: the bundled ``shapes-image`` has a third round, added later.
 IMAGE_ROUNDS = 2
@@ -508,28 +518,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="named answers (--name-then-letter, --named-letters) start with the question's word "
                              "for what it asks (\"last star: B\")")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--recipe", choices=["bundled"], default=None,
-                        help="run the bundled weights' whole recipe (rounds from --init, see BUNDLED_ROUNDS); "
-                             "the options each round sets are then refused")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                        help="run a whole recipe of rounds from --init: the bundled weights' (BUNDLED_ROUNDS) or "
+                             "the shorter one (SHORT_ROUNDS); the options its rounds set are then refused")
     parser.add_argument("--keep-rounds", action="store_true",
                         help="with --recipe: keep each round's model in OUT/round-N")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     init = Path(args.init) if args.init else WEIGHTS_DIR / "shapes-image"
-    if args.recipe == "bundled":
-        set_by_recipe = {key for stage in BUNDLED_ROUNDS for key in stage} | set(BUNDLED_COMMON)
+    if args.recipe:
+        rounds = RECIPES[args.recipe]
+        set_by_recipe = {key for stage in rounds for key in stage} | set(BUNDLED_COMMON)
         option_names = {"causal_targets": "causal_token_targets", "num_turns": "turns"}
         dests = {option_names.get(key, key) for key in set_by_recipe}
         changed = sorted(f"--{dest.replace('_', '-')}" for dest in dests
                          if getattr(args, dest) != parser.get_default(dest))
         if changed:
-            parser.error(f"--recipe bundled sets {', '.join(changed)} itself; leave them out")
+            parser.error(f"--recipe {args.recipe} sets {', '.join(changed)} itself; leave them out")
         if args.init is None:
-            parser.error(f"--recipe bundled starts from shapes-image's round {IMAGE_ROUNDS}, not from the bundled "
-                         f"shapes-image (round {IMAGE_ROUNDS + 1}): make it with `python -m mmaccel.zoo.train_image "
-                         f"--recipe bundled --rounds {IMAGE_ROUNDS} --out DIR` and pass --init DIR")
-        summary = train_in_rounds(train, Path(args.out), BUNDLED_ROUNDS, init, args.keep_rounds,
+            parser.error(f"--recipe {args.recipe} starts from shapes-image's round {IMAGE_ROUNDS}, not from the "
+                         f"bundled shapes-image (round {IMAGE_ROUNDS + 1}): make it with `python -m "
+                         f"mmaccel.zoo.train_image --recipe bundled --rounds {IMAGE_ROUNDS} --out DIR` and pass "
+                         "--init DIR")
+        summary = train_in_rounds(train, Path(args.out), rounds, init, args.keep_rounds,
                                   **BUNDLED_COMMON, batch_size=args.batch_size, num_turns=args.turns,
                                   eval_every=args.eval_every, save_every=args.save_every,
                                   letter_batch_size=args.letter_batch_size,

@@ -302,6 +302,27 @@ def test_the_bundled_recipe_runs_its_rounds_from_the_image_model(tmp_path, monke
     assert saved["wall_minutes_all_rounds"] == len(train_video.BUNDLED_ROUNDS)
 
 
+def test_the_short_recipe_runs_kind_first_rounds_from_the_first(tmp_path, monkeypatch):
+    from mmaccel.zoo import train_video
+
+    calls = []
+
+    def fake_train(out, init=None, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        calls.append((init, kwargs))
+        return {"wall_minutes": 1.0, "history": []}
+
+    monkeypatch.setattr(train_video, "train", fake_train)
+    image = tmp_path / "image-round-2"
+    assert train_video.main(["--recipe", "short", "--init", str(image), "--out", str(tmp_path / "m")]) == 0
+    assert len(calls) == len(train_video.SHORT_ROUNDS) < len(train_video.BUNDLED_ROUNDS)
+    assert calls[0][0] == image and calls[-1][0] == tmp_path / "m" / f"round-{len(calls) - 1}"
+    assert all(kwargs["kind_first"] and kwargs["train_vision"] and kwargs["summary_probe"]
+               and kwargs["causal_targets"] and kwargs["balanced_kinds"] for _, kwargs in calls)
+    assert calls[0][1]["letter_warmup"] > 0 and all(kwargs["letter_warmup"] == 0 for _, kwargs in calls[1:])
+    assert len({kwargs["seed"] for _, kwargs in calls}) == len(calls)
+
+
 def test_the_bundled_recipe_asks_for_the_image_model_it_starts_from(tmp_path, capsys):
     import pytest
 
@@ -321,6 +342,9 @@ def test_the_bundled_recipe_refuses_the_options_it_sets(tmp_path, capsys):
         train_video.main(["--recipe", "bundled", "--out", str(tmp_path), "--steps", "10", "--option-probe",
                           "--train-vision", "--kind-first"])
     assert "--kind-first, --option-probe, --steps, --train-vision" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_video.main(["--recipe", "short", "--out", str(tmp_path), "--lr", "0.1"])
+    assert "--recipe short sets --lr itself" in capsys.readouterr().err
 
 
 def _known_video():
