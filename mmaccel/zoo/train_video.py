@@ -461,7 +461,8 @@ BUNDLED_ROUNDS = (
 )
 #: A shorter recipe (``--recipe short``), not yet the bundled weights': :data:`KIND_FIRST_ROUND` from the first round,
 #: with none of the bundled recipe's rounds 1-8; the first round is longer, at a higher learning rate, after a
-#: 300-step letter warm-up. It starts from the same ``shapes-image`` round 2 (:data:`IMAGE_ROUNDS`).
+#: 300-step letter warm-up. It starts from the bundled ``shapes-image`` (the default ``--init``), whose weights are
+#: in the repository, so that one command retrains it.
 SHORT_ROUNDS = (
     {**KIND_FIRST_ROUND, "steps": 800, "lr": 5e-4, "letter_warmup": 300, "seed": 9},
     *({**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": seed} for seed in range(10, 14)),
@@ -536,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                          if getattr(args, dest) != parser.get_default(dest))
         if changed:
             parser.error(f"--recipe {args.recipe} sets {', '.join(changed)} itself; leave them out")
-        if args.init is None:
+        if args.init is None and args.recipe == "bundled":
             parser.error(f"--recipe {args.recipe} starts from shapes-image's round {IMAGE_ROUNDS}, not from the "
                          f"bundled shapes-image (round {IMAGE_ROUNDS + 1}): make it with `python -m "
                          f"mmaccel.zoo.train_image --recipe bundled --rounds {IMAGE_ROUNDS} --out DIR` and pass "

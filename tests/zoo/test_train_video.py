@@ -302,7 +302,7 @@ def test_the_bundled_recipe_runs_its_rounds_from_the_image_model(tmp_path, monke
     assert saved["wall_minutes_all_rounds"] == len(train_video.BUNDLED_ROUNDS)
 
 
-def test_the_short_recipe_runs_kind_first_rounds_from_the_first(tmp_path, monkeypatch):
+def test_the_short_recipe_runs_kind_first_rounds_from_the_bundled_image_model(tmp_path, monkeypatch):
     from mmaccel.zoo import train_video
 
     calls = []
@@ -313,10 +313,10 @@ def test_the_short_recipe_runs_kind_first_rounds_from_the_first(tmp_path, monkey
         return {"wall_minutes": 1.0, "history": []}
 
     monkeypatch.setattr(train_video, "train", fake_train)
-    image = tmp_path / "image-round-2"
-    assert train_video.main(["--recipe", "short", "--init", str(image), "--out", str(tmp_path / "m")]) == 0
+    assert train_video.main(["--recipe", "short", "--out", str(tmp_path / "m")]) == 0
     assert len(calls) == len(train_video.SHORT_ROUNDS) < len(train_video.BUNDLED_ROUNDS)
-    assert calls[0][0] == image and calls[-1][0] == tmp_path / "m" / f"round-{len(calls) - 1}"
+    assert calls[0][0] == train_video.WEIGHTS_DIR / "shapes-image"
+    assert calls[-1][0] == tmp_path / "m" / f"round-{len(calls) - 1}"
     assert all(kwargs["kind_first"] and kwargs["train_vision"] and kwargs["summary_probe"]
                and kwargs["causal_targets"] and kwargs["balanced_kinds"] for _, kwargs in calls)
     assert calls[0][1]["letter_warmup"] > 0 and all(kwargs["letter_warmup"] == 0 for _, kwargs in calls[1:])
