@@ -465,7 +465,7 @@ BUNDLED_ROUNDS = (
 #: in the repository, so that one command retrains it.
 SHORT_ROUNDS = (
     {**KIND_FIRST_ROUND, "steps": 800, "lr": 5e-4, "letter_warmup": 300, "seed": 9},
-    *({**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": seed} for seed in range(10, 14)),
+    *({**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": seed} for seed in range(10, 16)),
 )
 #: The recipes ``--recipe`` runs, by name.
 RECIPES = {"bundled": BUNDLED_ROUNDS, "short": SHORT_ROUNDS}
