@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the bundled weights' whole recipe (three rounds, see BUNDLED_ROUNDS); the step, "
                              "learning-rate, seed and --init options are then ignored")
     parser.add_argument("--rounds", type=int, default=len(BUNDLED_ROUNDS),
-                        help="with --recipe: run its first N rounds only (2 gives the start of shapes-video's "
-                             "recipe)")
+                        help="with --recipe: run its first N rounds only (2 gives the start of the previous "
+                             "shapes-video's recipe, train_video --recipe previous)")
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= len(BUNDLED_ROUNDS):
         parser.error(f"--rounds must be 1 to {len(BUNDLED_ROUNDS)}, got {args.rounds}")

@@ -1,7 +1,7 @@
 """Train ``shapes-video`` on shapes-world videos, on CPU. The bundled weights' whole recipe is one command,
 ``python -m mmaccel.zoo.train_video --recipe bundled --out DIR`` (:data:`BUNDLED_ROUNDS`, each round going on from
-the one before; ``--recipe short`` runs :data:`SHORT_ROUNDS`); without ``--recipe`` one run with the options
-given.
+the one before, the first from the bundled ``shapes-image``; ``--recipe previous`` runs the previous bundled
+weights' :data:`PREVIOUS_ROUNDS`); without ``--recipe`` one run with the options given.
 
 The model starts from a ``shapes-image`` (its vision tower, projector and language model load into
 LLaVA-NeXT-Video's, which adds 2x2 pooling of each frame); the vision tower stays frozen unless ``--train-vision``.
@@ -433,16 +433,25 @@ def train(out: Path, init: Path, steps: int, batch_size: int, num_turns: int, lr
     return summary
 
 
-#: Rounds 9 on of :data:`BUNDLED_ROUNDS`: named four-option answers (the letter questions too) that start with the
-#: question's word for what it asks, the summary probe, the vision tower trained, and each round's own videos.
+#: The rounds of :data:`BUNDLED_ROUNDS` (and rounds 9 on of :data:`PREVIOUS_ROUNDS`): named four-option answers (the
+#: letter questions too) that start with the question's word for what it asks, the summary probe, the vision tower
+#: trained, and each round's own videos.
 KIND_FIRST_ROUND = {"steps": 400, "lr": 3e-4, "option_probe": True, "multiple_choice": 1.0, "name_then_letter": True,
                     "named_letters": True, "kind_first": True, "summary_probe": True, "train_vision": True}
-#: The bundled weights' recipe, rounds each continuing the one before (the first from ``shapes-image``'s round 2,
-#: :data:`IMAGE_ROUNDS`): causal token targets on answerable videos, then the option probe with a short letter
-#: warm-up at a lower learning rate, then ever more of the video questions asked with four options, then four-option
-#: answers that name the option before its letter (the letter questions too, from round 7), then those answers
-#: starting with the question's kind (:data:`KIND_FIRST_ROUND`, seeded by the round's number).
+#: The bundled weights' recipe (``--recipe bundled``), rounds each continuing the one before, the first from the
+#: bundled ``shapes-image`` (the default ``--init``, whose weights are in the repository, so one command retrains
+#: it): :data:`KIND_FIRST_ROUND` throughout, the first round longer and at a higher learning rate, after a 300-step
+#: letter warm-up; each round seeded by its number.
 BUNDLED_ROUNDS = (
+    {**KIND_FIRST_ROUND, "steps": 800, "lr": 5e-4, "letter_warmup": 300, "seed": 9},
+    *({**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": seed} for seed in range(10, 14)),
+)
+#: The previous bundled weights' recipe (``--recipe previous``), rounds each continuing the one before,
+#: the first from ``shapes-image``'s round 2 (:data:`IMAGE_ROUNDS`): causal token targets on answerable videos, then
+#: the option probe with a short letter warm-up at a lower learning rate, then ever more of the video questions asked
+#: with four options, then four-option answers that name the option before its letter (the letter questions too,
+#: from round 7), then :data:`KIND_FIRST_ROUND` (seeded by the round's number).
+PREVIOUS_ROUNDS = (
     {"steps": 1500, "lr": 5e-4, "letter_warmup": 300},
     {"steps": 500, "lr": 3e-4, "letter_warmup": 50, "option_probe": True},
     {"steps": 400, "lr": 3e-4, "letter_warmup": 0, "option_probe": True, "multiple_choice": 0.8},
@@ -459,21 +468,13 @@ BUNDLED_ROUNDS = (
     {**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": 11},
     {**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": 12},
 )
-#: A shorter recipe (``--recipe short``), not yet the bundled weights': :data:`KIND_FIRST_ROUND` from the first round,
-#: with none of the bundled recipe's rounds 1-8; the first round is longer, at a higher learning rate, after a
-#: 300-step letter warm-up. It starts from the bundled ``shapes-image`` (the default ``--init``), whose weights are
-#: in the repository, so that one command retrains it.
-SHORT_ROUNDS = (
-    {**KIND_FIRST_ROUND, "steps": 800, "lr": 5e-4, "letter_warmup": 300, "seed": 9},
-    *({**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": seed} for seed in range(10, 16)),
-)
 #: The recipes ``--recipe`` runs, by name.
-RECIPES = {"bundled": BUNDLED_ROUNDS, "short": SHORT_ROUNDS}
+RECIPES = {"bundled": BUNDLED_ROUNDS, "previous": PREVIOUS_ROUNDS}
 #: The rounds of ``shapes-image``'s recipe (``python -m mmaccel.zoo.train_image --recipe bundled --rounds 2``) whose
-#: model :data:`BUNDLED_ROUNDS` starts from: the bundled ``shapes-image`` has a third round, added later.
+#: model :data:`PREVIOUS_ROUNDS` starts from (the bundled ``shapes-image`` has a third round, added later).
 IMAGE_ROUNDS = 2
-#: What the rounds of :data:`BUNDLED_ROUNDS` share unless they say otherwise (from round 9: seed and tower).
-BUNDLED_COMMON = {"balanced_kinds": True, "causal_targets": True, "seed": 0, "train_vision": False}
+#: What the rounds of a recipe share unless they say otherwise.
+RECIPE_COMMON = {"balanced_kinds": True, "causal_targets": True, "seed": 0, "train_vision": False}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="where to save the model (save_pretrained layout)")
     parser.add_argument("--init", default=None,
                         help="a trained shapes-image folder, or a shapes-video one to go on training it (default: "
-                             "the bundled shapes-image; --recipe bundled needs it given, see IMAGE_ROUNDS)")
+                             "the bundled shapes-image; --recipe previous needs it given, see IMAGE_ROUNDS)")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3, help="questions per conversation")
@@ -520,8 +521,9 @@ def main(argv: list[str] | None = None) -> int:
                              "for what it asks (\"last star: B\")")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                        help="run a whole recipe of rounds from --init: the bundled weights' (BUNDLED_ROUNDS) or "
-                             "the shorter one (SHORT_ROUNDS); the options its rounds set are then refused")
+                        help="run a whole recipe of rounds from --init: the bundled weights' (BUNDLED_ROUNDS, from "
+                             "the bundled shapes-image) or the previous bundled weights' (PREVIOUS_ROUNDS, from "
+                             "shapes-image's round 2); the options its rounds set are then refused")
     parser.add_argument("--keep-rounds", action="store_true",
                         help="with --recipe: keep each round's model in OUT/round-N")
     args = parser.parse_args(argv)
@@ -530,20 +532,20 @@ def main(argv: list[str] | None = None) -> int:
     init = Path(args.init) if args.init else WEIGHTS_DIR / "shapes-image"
     if args.recipe:
         rounds = RECIPES[args.recipe]
-        set_by_recipe = {key for stage in rounds for key in stage} | set(BUNDLED_COMMON)
+        set_by_recipe = {key for stage in rounds for key in stage} | set(RECIPE_COMMON)
         option_names = {"causal_targets": "causal_token_targets", "num_turns": "turns"}
         dests = {option_names.get(key, key) for key in set_by_recipe}
         changed = sorted(f"--{dest.replace('_', '-')}" for dest in dests
                          if getattr(args, dest) != parser.get_default(dest))
         if changed:
             parser.error(f"--recipe {args.recipe} sets {', '.join(changed)} itself; leave them out")
-        if args.init is None and args.recipe == "bundled":
+        if args.init is None and args.recipe == "previous":
             parser.error(f"--recipe {args.recipe} starts from shapes-image's round {IMAGE_ROUNDS}, not from the "
                          f"bundled shapes-image (round {IMAGE_ROUNDS + 1}): make it with `python -m "
                          f"mmaccel.zoo.train_image --recipe bundled --rounds {IMAGE_ROUNDS} --out DIR` and pass "
                          "--init DIR")
         summary = train_in_rounds(train, Path(args.out), rounds, init, args.keep_rounds,
-                                  **BUNDLED_COMMON, batch_size=args.batch_size, num_turns=args.turns,
+                                  **RECIPE_COMMON, batch_size=args.batch_size, num_turns=args.turns,
                                   eval_every=args.eval_every, save_every=args.save_every,
                                   letter_batch_size=args.letter_batch_size,
                                   short_video_steps=args.short_video_steps)

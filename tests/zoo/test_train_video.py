@@ -272,7 +272,7 @@ def test_option_targets_find_the_letter_of_named_answers():
     assert ": " in processor.tokenizer.decode(named["labels"][named["labels"] != -100])
 
 
-def test_the_bundled_recipe_runs_its_rounds_from_the_image_model(tmp_path, monkeypatch):
+def test_the_previous_recipe_runs_its_rounds_from_the_image_model(tmp_path, monkeypatch):
     import json
 
     from mmaccel.zoo import train_video
@@ -286,11 +286,11 @@ def test_the_bundled_recipe_runs_its_rounds_from_the_image_model(tmp_path, monke
 
     monkeypatch.setattr(train_video, "train", fake_train)
     image = tmp_path / "image-round-2"
-    assert train_video.main(["--recipe", "bundled", "--init", str(image), "--out", str(tmp_path / "m"),
+    assert train_video.main(["--recipe", "previous", "--init", str(image), "--out", str(tmp_path / "m"),
                              "--batch-size", "2"]) == 0
-    assert len(calls) == len(train_video.BUNDLED_ROUNDS)
+    assert len(calls) == len(train_video.PREVIOUS_ROUNDS)
     assert calls[0][1] == image and calls[1][1] == tmp_path / "m" / "round-1"
-    for (_, _, kwargs), stage in zip(calls, train_video.BUNDLED_ROUNDS, strict=True):
+    for (_, _, kwargs), stage in zip(calls, train_video.PREVIOUS_ROUNDS, strict=True):
         assert kwargs["batch_size"] == 2 and kwargs["causal_targets"] and kwargs["balanced_kinds"]
         assert {key: kwargs[key] for key in stage} == stage
     assert not any(kwargs["train_vision"] or kwargs.get("kind_first") for _, _, kwargs in calls[:8])
@@ -299,10 +299,10 @@ def test_the_bundled_recipe_runs_its_rounds_from_the_image_model(tmp_path, monke
                                      for kwargs in kind_first_rounds)
     assert len({kwargs["seed"] for kwargs in kind_first_rounds}) == len(kind_first_rounds)
     saved = json.loads((tmp_path / "m" / "training.json").read_text())
-    assert saved["wall_minutes_all_rounds"] == len(train_video.BUNDLED_ROUNDS)
+    assert saved["wall_minutes_all_rounds"] == len(train_video.PREVIOUS_ROUNDS)
 
 
-def test_the_short_recipe_runs_kind_first_rounds_from_the_bundled_image_model(tmp_path, monkeypatch):
+def test_the_bundled_recipe_runs_kind_first_rounds_from_the_bundled_image_model(tmp_path, monkeypatch):
     from mmaccel.zoo import train_video
 
     calls = []
@@ -313,23 +313,25 @@ def test_the_short_recipe_runs_kind_first_rounds_from_the_bundled_image_model(tm
         return {"wall_minutes": 1.0, "history": []}
 
     monkeypatch.setattr(train_video, "train", fake_train)
-    assert train_video.main(["--recipe", "short", "--out", str(tmp_path / "m")]) == 0
-    assert len(calls) == len(train_video.SHORT_ROUNDS) < len(train_video.BUNDLED_ROUNDS)
+    assert train_video.main(["--recipe", "bundled", "--out", str(tmp_path / "m")]) == 0
+    assert len(calls) == len(train_video.BUNDLED_ROUNDS) < len(train_video.PREVIOUS_ROUNDS)
     assert calls[0][0] == train_video.WEIGHTS_DIR / "shapes-image"
     assert calls[-1][0] == tmp_path / "m" / f"round-{len(calls) - 1}"
+    for (_, kwargs), stage in zip(calls, train_video.BUNDLED_ROUNDS, strict=True):
+        assert {key: kwargs[key] for key in stage} == stage
     assert all(kwargs["kind_first"] and kwargs["train_vision"] and kwargs["summary_probe"]
                and kwargs["causal_targets"] and kwargs["balanced_kinds"] for _, kwargs in calls)
     assert calls[0][1]["letter_warmup"] > 0 and all(kwargs["letter_warmup"] == 0 for _, kwargs in calls[1:])
     assert len({kwargs["seed"] for _, kwargs in calls}) == len(calls)
 
 
-def test_the_bundled_recipe_asks_for_the_image_model_it_starts_from(tmp_path, capsys):
+def test_the_previous_recipe_asks_for_the_image_model_it_starts_from(tmp_path, capsys):
     import pytest
 
     from mmaccel.zoo import train_video
 
     with pytest.raises(SystemExit):
-        train_video.main(["--recipe", "bundled", "--out", str(tmp_path)])
+        train_video.main(["--recipe", "previous", "--out", str(tmp_path)])
     assert "train_image --recipe bundled --rounds 2 --out DIR" in capsys.readouterr().err
 
 
@@ -343,8 +345,8 @@ def test_the_bundled_recipe_refuses_the_options_it_sets(tmp_path, capsys):
                           "--train-vision", "--kind-first"])
     assert "--kind-first, --option-probe, --steps, --train-vision" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train_video.main(["--recipe", "short", "--out", str(tmp_path), "--lr", "0.1"])
-    assert "--recipe short sets --lr itself" in capsys.readouterr().err
+        train_video.main(["--recipe", "previous", "--out", str(tmp_path), "--lr", "0.1"])
+    assert "--recipe previous sets --lr itself" in capsys.readouterr().err
 
 
 def _known_video():
