@@ -441,7 +441,7 @@ KIND_FIRST_ROUND = {"steps": 400, "lr": 3e-4, "option_probe": True, "multiple_ch
 #: The bundled weights' recipe (``--recipe bundled``), rounds each continuing the one before, the first from the
 #: bundled ``shapes-image`` (the default ``--init``, whose weights are in the repository, so one command retrains
 #: it): :data:`KIND_FIRST_ROUND` throughout, the first round longer and at a higher learning rate, after a 300-step
-#: letter warm-up; each round seeded by its number.
+#: letter warm-up; seeds 9 to 13, those of the previous recipe's kind-first rounds and the next one.
 BUNDLED_ROUNDS = (
     {**KIND_FIRST_ROUND, "steps": 800, "lr": 5e-4, "letter_warmup": 300, "seed": 9},
     *({**KIND_FIRST_ROUND, "letter_warmup": 0, "seed": seed} for seed in range(10, 14)),
