@@ -26,6 +26,7 @@ from .stream.sources import VideoSourceError, video_frames
 #: Frames ingested per session update while a video file is read.
 FRAMES_PER_UPDATE = 4
 NO_FRAMES = "No frames yet: upload a video or start the webcam first."
+UNREADABLE_VIDEO = "Could not read this video"
 
 
 def format_stats(session: StreamSession | None) -> str:
@@ -79,7 +80,7 @@ class DemoBackend:
             if batch:
                 self._add(session, batch, stamps)
         except VideoSourceError as err:
-            yield format_stats(session), f"Could not read this video: {err}", session
+            yield format_stats(session), f"{UNREADABLE_VIDEO}: {err}", session
             return
         yield format_stats(session), f"Video ingested ({session.frames_seen} frames so far).", session
 
@@ -142,7 +143,14 @@ def build_demo(backend: DemoBackend) -> Any:
                 chat = gr.Chatbot(label="chat", height=420, elem_id="chat")
                 question = gr.Textbox(label="question", placeholder="Ask about the video and press Enter",
                                       elem_id="question")
-        video.upload(backend.ingest_video, [video, state], [stats, status, state])
+
+        def ingest(path: str | None, user_session: StreamSession | None) -> Iterator[tuple[str, str, Any, Any]]:
+            # An unreadable file is taken off the player, so the upload box is back for the next try.
+            for stats_text, status_text, session in backend.ingest_video(path, user_session):
+                cleared = None if status_text.startswith(UNREADABLE_VIDEO) else gr.skip()
+                yield stats_text, status_text, session, cleared
+
+        video.upload(ingest, [video, state], [stats, status, state, video])
         webcam.stream(backend.ingest_webcam, [webcam, state], [stats, state], stream_every=0.5, time_limit=600)
         question.submit(backend.ask, [question, chat, state], [chat, question, stats, state])
         reset.click(backend.reset, [state], [chat, stats, status, state])
