@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from .config import AccelConfig, StreamConfig
+from .eval.videomme import videomme_prompt
 from .stream import StreamSession
 from .stream.sources import VideoSourceError, video_frames
 
@@ -27,6 +28,15 @@ from .stream.sources import VideoSourceError, video_frames
 FRAMES_PER_UPDATE = 4
 NO_FRAMES = "No frames yet: upload a video or start the webcam first."
 UNREADABLE_VIDEO = "Could not read this video"
+#: The bundled ``shapes-video`` model was trained on Video-MME's prompt only (it rambles on other wordings), so the
+#: page offers that prompt to edit: the six kinds of question are in ``mmaccel.zoo.world.video_tasks``.
+SHAPES_VIDEO_EXAMPLES = (
+    videomme_prompt("Which shape is the first to appear in the video?",
+                    ("A. square.", "B. star.", "C. cross.", "D. hexagon.")),
+    videomme_prompt("How many objects appear in the video in total?", ("A. 1.", "B. 2.", "C. 3.", "D. 4.")),
+    videomme_prompt("Which shape leaves the video before the end?",
+                    ("A. circle.", "B. square.", "C. triangle.", "D. cross.")),
+)
 
 
 def format_stats(session: StreamSession | None) -> str:
@@ -124,8 +134,8 @@ class DemoBackend:
             session.add_frames(frames, stamps)
 
 
-def build_demo(backend: DemoBackend) -> Any:
-    """The Gradio page (a ``gr.Blocks``) over ``backend``."""
+def build_demo(backend: DemoBackend, examples: Sequence[str] = ()) -> Any:
+    """The Gradio page (a ``gr.Blocks``) over ``backend``; ``examples`` are questions offered under the textbox."""
     import gradio as gr
 
     with gr.Blocks(title="mmaccel streaming video chat") as demo:
@@ -143,6 +153,9 @@ def build_demo(backend: DemoBackend) -> Any:
                 chat = gr.Chatbot(label="chat", height=420, elem_id="chat")
                 question = gr.Textbox(label="question", placeholder="Ask about the video and press Enter",
                                       elem_id="question")
+                if examples:
+                    gr.Examples([[text] for text in examples], inputs=[question],
+                                label="questions in the prompt the model was trained on (edit the options)")
 
         def ingest(path: str | None, user_session: StreamSession | None) -> Iterator[tuple[str, str, Any, Any]]:
             # An unreadable file is taken off the player, so the upload box is back for the next try.
@@ -185,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     if not config.enabled:
         config = StreamConfig(method="carrier")
     config = StreamConfig.from_value({**config.__dict__, "recent_frames": args.recent_frames})
-    demo = build_demo(DemoBackend(model, processor, config, fps=args.fps, max_new_tokens=args.max_new_tokens))
+    backend = DemoBackend(model, processor, config, fps=args.fps, max_new_tokens=args.max_new_tokens)
+    demo = build_demo(backend, SHAPES_VIDEO_EXAMPLES if args.model == "shapes-video" else ())
     demo.queue(default_concurrency_limit=8)
     print(f"mmaccel demo: model={args.model} stream={config.method} on http://{args.host}:{args.port}", flush=True)
     import gradio as gr

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmaccel.demo import SHAPES_VIDEO_EXAMPLES
 from tests.eval.fixtures import write_video
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,7 +66,7 @@ def _video(tmp_path: Path) -> Path:
 
     frames = render_video(sample_video(np.random.default_rng(7), num_frames=8), size=128, seed=0)
     path = tmp_path / "shapes.mp4"
-    write_video(path, frames, fps=4)
+    write_video(path, frames, fps=4, pix_fmt="yuv420p")  # one the browser can play
     return path
 
 
@@ -89,7 +90,8 @@ def test_upload_ask_and_see_the_answer_stream_in(demo_server, tmp_path: Path):
         page.locator("#status").get_by_text("Video ingested").wait_for(timeout=120_000)
         assert "frames ingested" in page.locator("#stats").inner_text()
 
-        page.locator("#question textarea").fill("How many different shapes appear in the video?")
+        assert page.get_by_text("questions in the prompt the model was trained on").count()
+        page.locator("#question textarea").fill(SHAPES_VIDEO_EXAMPLES[0])  # its options fit the video's shapes
         page.locator("#question textarea").press("Enter")
         answer = page.locator("#chat .message.bot, #chat [data-testid='bot']").last
         seen = []
@@ -102,8 +104,11 @@ def test_upload_ask_and_see_the_answer_stream_in(demo_server, tmp_path: Path):
                     "ms" in page.locator("#stats").inner_text().split("last time to first token")[1][:30]:
                 break
             time.sleep(0.05)
-        for close in page.locator(".toast-close, [data-testid='toast-close']").all():  # the bad upload's notice
+        playable = "() => { const v = document.querySelector('#video video'); return !!v && v.error === null; }"
+        assert page.evaluate(playable), "the browser could not play the good video"
+        for close in page.locator("[data-testid='toast-close']").all():  # Gradio's notice about the bad upload
             close.click()
+        page.get_by_text("Video not playable").wait_for(state="hidden", timeout=30_000)
         page.screenshot(path=str(SCREENSHOT_DIR / "demo_video_chat.png"), full_page=True)
         browser.close()
     assert seen and seen[-1].strip(), "no answer appeared in the chat"

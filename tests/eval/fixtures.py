@@ -68,15 +68,16 @@ def write_mme(root: Path, images_per_category: int = 2) -> Path:
     return root
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 4) -> None:
-    """``frames`` (T, H, W, 3 uint8) as an H.264 MP4 (lossless, so decoded frames equal the input)."""
+def write_video(path: Path, frames: np.ndarray, fps: int = 4, pix_fmt: str = "yuv444p") -> None:
+    """``frames`` (T, H, W, 3 uint8) as an H.264 MP4 (lossless, so decoded frames equal the input; browsers play
+    only ``pix_fmt="yuv420p"``, which is not lossless)."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv444p"
+        stream.pix_fmt = pix_fmt
         stream.options = {"qp": "0", "threads": "1"}
         for pixels in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
