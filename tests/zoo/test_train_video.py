@@ -1,6 +1,7 @@
 """The shapes-video trainer: conversations match the evaluation prompt, answers are true, the image model loads."""
 
 import numpy as np
+import pytest
 import torch
 
 from mmaccel.zoo.reference import VIDEO_FRAMES, build_shapes_image, shapes_video_processor
@@ -272,37 +273,9 @@ def test_option_targets_find_the_letter_of_named_answers():
     assert ": " in processor.tokenizer.decode(named["labels"][named["labels"] != -100])
 
 
-def test_the_previous_recipe_runs_its_rounds_from_the_image_model(tmp_path, monkeypatch):
-    import json
-
-    from mmaccel.zoo import train_video
-
-    calls = []
-
-    def fake_train(out, init=None, **kwargs):
-        out.mkdir(parents=True, exist_ok=True)
-        calls.append((out, init, kwargs))
-        return {"wall_minutes": 1.0, "steps": kwargs["steps"], "history": []}
-
-    monkeypatch.setattr(train_video, "train", fake_train)
-    image = tmp_path / "image-round-2"
-    assert train_video.main(["--recipe", "previous", "--init", str(image), "--out", str(tmp_path / "m"),
-                             "--batch-size", "2"]) == 0
-    assert len(calls) == len(train_video.PREVIOUS_ROUNDS)
-    assert calls[0][1] == image and calls[1][1] == tmp_path / "m" / "round-1"
-    for (_, _, kwargs), stage in zip(calls, train_video.PREVIOUS_ROUNDS, strict=True):
-        assert kwargs["batch_size"] == 2 and kwargs["causal_targets"] and kwargs["balanced_kinds"]
-        assert {key: kwargs[key] for key in stage} == stage
-    assert not any(kwargs["train_vision"] or kwargs.get("kind_first") for _, _, kwargs in calls[:8])
-    kind_first_rounds = [kwargs for _, _, kwargs in calls[8:]]
-    assert kind_first_rounds and all(kwargs["kind_first"] and kwargs["summary_probe"] and kwargs["train_vision"]
-                                     for kwargs in kind_first_rounds)
-    assert len({kwargs["seed"] for kwargs in kind_first_rounds}) == len(kind_first_rounds)
-    saved = json.loads((tmp_path / "m" / "training.json").read_text())
-    assert saved["wall_minutes_all_rounds"] == len(train_video.PREVIOUS_ROUNDS)
-
-
-def test_the_bundled_recipe_runs_kind_first_rounds_from_the_bundled_image_model(tmp_path, monkeypatch):
+@pytest.fixture
+def recorded_rounds(monkeypatch):
+    """Replaces ``train_video.train`` with a recorder: the list it returns fills with ``(init, kwargs)`` per round."""
     from mmaccel.zoo import train_video
 
     calls = []
@@ -313,6 +286,36 @@ def test_the_bundled_recipe_runs_kind_first_rounds_from_the_bundled_image_model(
         return {"wall_minutes": 1.0, "history": []}
 
     monkeypatch.setattr(train_video, "train", fake_train)
+    return calls
+
+
+def test_the_previous_recipe_runs_its_rounds_from_the_image_model(tmp_path, recorded_rounds):
+    import json
+
+    from mmaccel.zoo import train_video
+
+    calls = recorded_rounds
+    image = tmp_path / "image-round-2"
+    assert train_video.main(["--recipe", "previous", "--init", str(image), "--out", str(tmp_path / "m"),
+                             "--batch-size", "2"]) == 0
+    assert len(calls) == len(train_video.PREVIOUS_ROUNDS)
+    assert calls[0][0] == image and calls[1][0] == tmp_path / "m" / "round-1"
+    for (_, kwargs), stage in zip(calls, train_video.PREVIOUS_ROUNDS, strict=True):
+        assert kwargs["batch_size"] == 2 and kwargs["causal_targets"] and kwargs["balanced_kinds"]
+        assert {key: kwargs[key] for key in stage} == stage
+    assert not any(kwargs["train_vision"] or kwargs.get("kind_first") for _, kwargs in calls[:8])
+    kind_first_rounds = [kwargs for _, kwargs in calls[8:]]
+    assert kind_first_rounds and all(kwargs["kind_first"] and kwargs["summary_probe"] and kwargs["train_vision"]
+                                     for kwargs in kind_first_rounds)
+    assert len({kwargs["seed"] for kwargs in kind_first_rounds}) == len(kind_first_rounds)
+    saved = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert saved["wall_minutes_all_rounds"] == len(train_video.PREVIOUS_ROUNDS)
+
+
+def test_the_bundled_recipe_runs_kind_first_rounds_from_the_bundled_image_model(tmp_path, recorded_rounds):
+    from mmaccel.zoo import train_video
+
+    calls = recorded_rounds
     assert train_video.main(["--recipe", "bundled", "--out", str(tmp_path / "m")]) == 0
     assert len(calls) == len(train_video.BUNDLED_ROUNDS) < len(train_video.PREVIOUS_ROUNDS)
     assert calls[0][0] == train_video.WEIGHTS_DIR / "shapes-image"
@@ -326,8 +329,6 @@ def test_the_bundled_recipe_runs_kind_first_rounds_from_the_bundled_image_model(
 
 
 def test_the_previous_recipe_asks_for_the_image_model_it_starts_from(tmp_path, capsys):
-    import pytest
-
     from mmaccel.zoo import train_video
 
     with pytest.raises(SystemExit):
@@ -336,8 +337,6 @@ def test_the_previous_recipe_asks_for_the_image_model_it_starts_from(tmp_path, c
 
 
 def test_the_bundled_recipe_refuses_the_options_it_sets(tmp_path, capsys):
-    import pytest
-
     from mmaccel.zoo import train_video
 
     with pytest.raises(SystemExit):
