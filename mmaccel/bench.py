@@ -36,6 +36,7 @@ class RunResult:
     tpot_s: float
     tokens_per_s: float
     new_tokens: int
+    latency_s: float
     kv_bytes: int
     visual_tokens: int
     visual_tokens_kept: int
@@ -184,13 +185,15 @@ def visual_token_counts(model: Any, inputs: Any) -> tuple[int, int]:
     return visual, kept
 
 
-def run_once(model: Any, inputs: Any, max_new_tokens: int, measure_memory: bool) -> RunResult:
-    """One greedy generate of exactly ``max_new_tokens`` tokens, timed per step (or, with ``measure_memory``,
-    untimed and with its peak memory measured)."""
+def run_once(model: Any, inputs: Any, max_new_tokens: int, measure_memory: bool, stop_at_eos: bool = False
+             ) -> RunResult:
+    """One greedy generate of exactly ``max_new_tokens`` tokens (with ``stop_at_eos``, up to them: the answer's
+    own length), timed per step (or, with ``measure_memory``, untimed and with its peak memory measured)."""
     device = next(model.parameters()).device
-    kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-                  return_dict_in_generate=True)
-    ttft = tpot = tps = 0.0
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True)
+    if not stop_at_eos:
+        kwargs["min_new_tokens"] = max_new_tokens
+    ttft = tpot = tps = total = 0.0
     peak = 0
     if measure_memory:
         with track_peak_memory(device) as mem:
@@ -202,7 +205,7 @@ def run_once(model: Any, inputs: Any, max_new_tokens: int, measure_memory: bool)
     if not measure_memory:
         tps = new.numel() / total
     visual, kept = visual_token_counts(model, inputs)
-    return RunResult(ttft_s=ttft, tpot_s=tpot, tokens_per_s=tps, new_tokens=new.shape[1],
+    return RunResult(ttft_s=ttft, tpot_s=tpot, tokens_per_s=tps, new_tokens=new.shape[1], latency_s=total,
                      kv_bytes=tensor_bytes(out.cache), visual_tokens=visual, visual_tokens_kept=kept,
                      peak_memory_bytes=peak, tokens=new.tolist())
 
@@ -215,9 +218,12 @@ def _set_side(model: Any, side: str, config: AccelConfig, processor: Any = None)
 
 
 def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_tokens: int = 32, repeats: int = 3,
-              warmup: int = 1, progress: bool = True, processor: Any = None) -> dict[str, Any]:
+              warmup: int = 1, progress: bool = True, processor: Any = None, stop_at_eos: bool = False
+              ) -> dict[str, Any]:
     """Benchmark baseline vs accelerated on ``samples``; returns per-sample results and a summary with ratios.
-    ``processor`` is handed to :func:`~mmaccel.accelerate` (``contrast="code"`` needs it)."""
+    ``processor`` is handed to :func:`~mmaccel.accelerate` (``contrast="code"`` needs it). Every run generates
+    ``max_new_tokens`` tokens, so both sides decode the same number; with ``stop_at_eos`` a run ends where its answer
+    does, as in use (then the sides may differ in length, and the latency per request is the figure to compare)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -226,7 +232,7 @@ def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_token
     for side in SIDES:
         _set_side(model, side, config, processor)
         for _ in range(warmup):
-            run_once(model, warmup_inputs, max_new_tokens, measure_memory=False)
+            run_once(model, warmup_inputs, max_new_tokens, False, stop_at_eos)
     bar = tqdm(samples, desc="bench", unit="sample", disable=not progress, file=sys.stderr)
     for index, inputs in enumerate(bar):
         inputs = inputs.to(device)
@@ -234,16 +240,17 @@ def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_token
         for side in SIDES:
             _set_side(model, side, config, processor)
             speculative = _speculative_component(model)
-            runs = [run_once(model, inputs, max_new_tokens, measure_memory=False) for _ in range(repeats)]
+            runs = [run_once(model, inputs, max_new_tokens, False, stop_at_eos) for _ in range(repeats)]
             acceptance = speculative.acceptance() if speculative is not None else None
             if device.type == "cuda":
-                peak = max(r.peak_memory_bytes for r in [run_once(model, inputs, max_new_tokens, True)])
+                peak = max(r.peak_memory_bytes for r in [run_once(model, inputs, max_new_tokens, True, stop_at_eos)])
             else:
-                peak = run_once(model, inputs, max_new_tokens, measure_memory=True).peak_memory_bytes
+                peak = run_once(model, inputs, max_new_tokens, True, stop_at_eos).peak_memory_bytes
             record[side] = {
                 "ttft_s": [r.ttft_s for r in runs],
                 "tpot_s": [r.tpot_s for r in runs],
                 "tokens_per_s": [r.tokens_per_s for r in runs],
+                "latency_s": [r.latency_s for r in runs],
                 "new_tokens": runs[0].new_tokens,
                 "kv_bytes": runs[0].kv_bytes,
                 "visual_tokens": runs[0].visual_tokens,
@@ -267,22 +274,28 @@ def _speculative_component(model: Any) -> Any:
 def summarize(per_sample: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over all timed runs, maxima of peak memory, and accelerated ÷ baseline ratios; with speculative
     decoding, the mean accepted length and the acceptance rates (overall, per draft position) over every
-    verification step of the timed runs."""
+    verification step of the timed runs. TPOT is over the runs that decoded after their first token (``None`` when
+    none did: every answer ended at once)."""
     summary: dict[str, Any] = {}
     for side in SIDES:
         rows = [s[side] for s in per_sample]
+        decoding = [t for r in rows if r["new_tokens"] > 1 for t in r["tpot_s"]]
+        tpot = statistics.median(decoding) if decoding else None
         summary[side] = {
             "ttft_ms": 1e3 * statistics.median(t for r in rows for t in r["ttft_s"]),
-            "tpot_ms": 1e3 * statistics.median(t for r in rows for t in r["tpot_s"]),
-            "decode_tokens_per_s": 1.0 / statistics.median(t for r in rows for t in r["tpot_s"]),
+            "tpot_ms": 1e3 * tpot if tpot else None,
+            "decode_tokens_per_s": 1.0 / tpot if tpot else None,
             "tokens_per_s": statistics.median(t for r in rows for t in r["tokens_per_s"]),
+            "latency_ms": 1e3 * statistics.median(t for r in rows for t in r["latency_s"]),
+            "new_tokens": statistics.mean(r["new_tokens"] for r in rows),
             "peak_memory_mb": max(r["peak_memory_bytes"] for r in rows) / 2**20,
             "kv_cache_mb": statistics.median(r["kv_bytes"] for r in rows) / 2**20,
             "visual_tokens": statistics.mean(r["visual_tokens"] for r in rows),
             "visual_tokens_kept": statistics.mean(r["visual_tokens_kept"] for r in rows),
         }
     summary["ratio"] = {
-        key: (summary["accelerated"][key] / summary["baseline"][key] if summary["baseline"][key] else None)
+        key: (summary["accelerated"][key] / summary["baseline"][key]
+              if summary["baseline"][key] and summary["accelerated"][key] is not None else None)
         for key in summary["baseline"]
     }
     summary["tokens_match"] = sum(s["tokens_match"] for s in per_sample) / len(per_sample)
@@ -300,6 +313,8 @@ _ROWS = [
     ("tpot_ms", "TPOT (ms)", "lower"),
     ("decode_tokens_per_s", "decode tokens/s", "higher"),
     ("tokens_per_s", "tokens/s", "higher"),
+    ("latency_ms", "latency per request (ms)", "lower"),
+    ("new_tokens", "new tokens per request", None),
     ("peak_memory_mb", "peak memory (MB)", "lower"),
     ("kv_cache_mb", "KV cache (MB)", "lower"),
     ("visual_tokens", "visual tokens in prompt", None),
@@ -315,7 +330,7 @@ def format_table(result: dict[str, Any], header: str = "") -> str:
     for key, label, _better in _ROWS:
         base, acc, ratio = summary["baseline"][key], summary["accelerated"][key], summary["ratio"][key]
         ratio_text = f"{ratio:.3f}x" if ratio is not None else "-"
-        lines.append(f"{label:<26}{base:>14.3f}{acc:>14.3f}{ratio_text:>12}")
+        lines.append(f"{label:<26}{_number(base):>14}{_number(acc):>14}{ratio_text:>12}")
     lines.append(f"{'tokens match baseline':<26}{'':>14}{summary['tokens_match'] * 100:>13.0f}%")
     if summary.get("mean_accepted_length") is not None:
         lines.append(f"{'mean accepted length':<26}{'':>14}{summary['mean_accepted_length']:>14.2f}")
@@ -324,6 +339,10 @@ def format_table(result: dict[str, Any], header: str = "") -> str:
             shown = " ".join(f"{rate:.2f}" for rate in rates[:8]) + (" ..." if len(rates) > 8 else "")
             lines.append(f"{'acceptance by position':<26} {shown}")
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 @dataclass
@@ -336,6 +355,7 @@ class BenchArgs:
     samples: int = 4
     batch_size: int = 1
     max_new_tokens: int = 32
+    stop_at_eos: bool = False
     repeats: int = 3
     warmup: int = 1
     modality: str | None = None
@@ -363,10 +383,11 @@ def main(args: BenchArgs) -> int:
     model, processor = load_model(args.model, device=device, dtype=dtype, seed=args.seed)
     samples = bench_inputs(args.model, processor, args.samples, args.batch_size, args.modality, args.seed)
     result = run_bench(model, samples, config, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                       warmup=args.warmup, progress=args.progress, processor=processor)
+                       warmup=args.warmup, progress=args.progress, processor=processor,
+                       stop_at_eos=args.stop_at_eos)
     header = (f"mmaccel bench  model={args.model}  device={device}  dtype={str(dtype).removeprefix('torch.')}  "
               f"config={config_name}  samples={args.samples}x{args.repeats}  batch={args.batch_size}  "
-              f"new_tokens={args.max_new_tokens}")
+              f"new_tokens={'up to ' if args.stop_at_eos else ''}{args.max_new_tokens}")
     print(format_table(result, header))
     if args.json:
         payload = {"args": asdict(args), "device": str(device), "dtype": str(dtype), "config": config.to_dict(),

@@ -24,6 +24,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=4, help="number of different inputs (default 4)")
     p.add_argument("--batch-size", type=int, default=1, help="rows per input, left padded (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per run (default 32)")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="end each run where its answer ends, as in use, instead of forcing --max-new-tokens tokens "
+                        "(then compare the latency per request)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per input and side (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per side before timing (default 1)")
     p.add_argument("--modality", choices=["image", "video", "audio"],

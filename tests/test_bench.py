@@ -114,3 +114,27 @@ def test_speculative_runs_report_acceptance_overall_and_by_position(tiny):
                                                                                  for s in per_sample)
     assert summary["acceptance_by_position"][0] == pytest.approx(first)
     assert "acceptance by position" in format_table(result)
+
+
+def test_stop_at_eos_ends_each_run_with_its_answer(tiny, monkeypatch):
+    model, processor = tiny("qwen2_vl")
+    sample = sample_inputs("qwen2_vl", processor, batch_size=1, seed=0)
+    forced = run_bench(model, [sample], AccelConfig.preset("kernels"), max_new_tokens=5, repeats=1, warmup=0,
+                       progress=False)
+    answer = forced["samples"][0]["baseline"]["tokens"][0]
+    monkeypatch.setattr(model.generation_config, "eos_token_id", answer[2])  # the answer ends at its third token
+    forced_again = run_bench(model, [sample], AccelConfig.preset("kernels"), max_new_tokens=5, repeats=1, warmup=0,
+                             progress=False)
+    stopped = run_bench(model, [sample], AccelConfig.preset("kernels"), max_new_tokens=5, repeats=1, warmup=0,
+                        progress=False, stop_at_eos=True)
+    assert forced_again["samples"][0]["baseline"]["new_tokens"] == 5
+    for side in ("baseline", "accelerated"):
+        assert stopped["samples"][0][side]["new_tokens"] == answer.index(answer[2]) + 1
+        assert stopped["summary"][side]["latency_ms"] > 0
+    assert stopped["summary"]["tokens_match"] == 1.0
+
+    monkeypatch.setattr(model.generation_config, "eos_token_id", answer[0])  # ends at once: no decoding to time
+    ended = run_bench(model, [sample], AccelConfig.preset("kernels"), max_new_tokens=5, repeats=1, warmup=0,
+                      progress=False, stop_at_eos=True)
+    assert ended["summary"]["baseline"]["tpot_ms"] is None and ended["summary"]["ratio"]["tpot_ms"] is None
+    assert "TPOT (ms)                              -             -           -" in format_table(ended)
