@@ -32,7 +32,7 @@ def speed_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     peaks = [r["peak_memory_bytes"] for r in records if r.get("peak_memory_bytes") is not None]
     return {
         "ttft_ms": _scaled(_median([r["ttft_s"] for r in records]), 1e3),
-        "tpot_ms": _scaled(_median([r["tpot_s"] for r in records if r["new_tokens"] > 1]), 1e3),
+        "tpot_ms": _scaled(_median([r["tpot_s"] for r in records if r["new_tokens"] > 1 and r["tpot_s"] > 0]), 1e3),
         "latency_ms": _scaled(_median([r["latency_s"] for r in records]), 1e3),
         "visual_tokens": statistics.mean(r["visual_tokens"] for r in records) if records else None,
         "visual_tokens_kept": statistics.mean(r["visual_tokens_kept"] for r in records) if records else None,

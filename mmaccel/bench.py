@@ -70,8 +70,9 @@ class TokenClock:
 
 def timed_generate(model: Any, inputs: Any, **generate_kwargs: Any) -> tuple[Any, float, float, float]:
     """``model.generate(**inputs, **generate_kwargs)`` with a per-step clock. Returns the output, TTFT (start to
-    the first new token: prefill), TPOT (decode time per token after the first step's) and the wall time to the
-    last token, all in seconds."""
+    the first new token: prefill), TPOT (decode time per token after the first step's; 0 when every token came in
+    the first step, as speculative decoding can give a short answer) and the wall time to the last token, all in
+    seconds."""
     device = next(model.parameters()).device
     clock = TokenClock(device)
     if device.type == "cuda":
@@ -274,12 +275,12 @@ def _speculative_component(model: Any) -> Any:
 def summarize(per_sample: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over all timed runs, maxima of peak memory, and accelerated ÷ baseline ratios; with speculative
     decoding, the mean accepted length and the acceptance rates (overall, per draft position) over every
-    verification step of the timed runs. TPOT is over the runs that decoded after their first token (``None`` when
-    none did: every answer ended at once)."""
+    verification step of the timed runs. TPOT is over the runs that produced tokens after their first step
+    (``None`` when none did: every answer ended at once, or came whole in one step)."""
     summary: dict[str, Any] = {}
     for side in SIDES:
         rows = [s[side] for s in per_sample]
-        decoding = [t for r in rows if r["new_tokens"] > 1 for t in r["tpot_s"]]
+        decoding = [t for r in rows for t in r["tpot_s"] if t > 0]
         tpot = statistics.median(decoding) if decoding else None
         summary[side] = {
             "ttft_ms": 1e3 * statistics.median(t for r in rows for t in r["ttft_s"]),
