@@ -243,10 +243,7 @@ def run_bench(model: Any, samples: list[Any], config: AccelConfig, max_new_token
             speculative = _speculative_component(model)
             runs = [run_once(model, inputs, max_new_tokens, False, stop_at_eos) for _ in range(repeats)]
             acceptance = speculative.acceptance() if speculative is not None else None
-            if device.type == "cuda":
-                peak = max(r.peak_memory_bytes for r in [run_once(model, inputs, max_new_tokens, True, stop_at_eos)])
-            else:
-                peak = run_once(model, inputs, max_new_tokens, True, stop_at_eos).peak_memory_bytes
+            peak = run_once(model, inputs, max_new_tokens, True, stop_at_eos).peak_memory_bytes
             record[side] = {
                 "ttft_s": [r.ttft_s for r in runs],
                 "tpot_s": [r.tpot_s for r in runs],
